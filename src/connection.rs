@@ -1,0 +1,344 @@
+//! One device connection's life: handshake, then a single hand-written poll loop that
+//! reads frames, writes what the link queued, and ends on the first close reason.
+//!
+//! An idle connection is one task whose state is this module's `Live` struct: the
+//! socket, an empty decoder, the link and an empty write slot. Reads go through a stack
+//! buffer inside `poll`, so no read buffer is kept between frames; there is no timer
+//! (see `heartbeat`) and no channel (see `link`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, field};
+
+use crate::close::{CloseReason, Level};
+use crate::frame::Decoder;
+use crate::handshake::{self, Established, Failed, farewell, frame_error, valid_report};
+use crate::link::Link;
+use crate::node::Node;
+use crate::proto::device::{Bound, ClientFrame, Pong, ServerFrame, client_frame, server_frame};
+use crate::session::DeviceKey;
+use crate::stream::Stream;
+
+/// Bytes read per poll of the socket; lives on the stack only while polled.
+const READ_CHUNK: usize = 4096;
+/// Reads and writes per wake-up before yielding to other connections.
+const BUDGET: usize = 32;
+/// How long the farewell frame and the close may take.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same for a peer that has already shown it does not read.
+const FAREWELL_TIMEOUT_STUCK: Duration = Duration::from_millis(100);
+
+/// Serves one accepted socket until it closes. `permit` is the handshake admission slot,
+/// released as soon as the handshake is over.
+pub async fn serve(
+    node: Arc<Node>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    permit: OwnedSemaphorePermit,
+) {
+    let transport = if tls.is_some() { "tls" } else { "tcp" };
+    let span = tracing::info_span!(
+        "connection",
+        %peer,
+        transport,
+        app = field::Empty,
+        device = field::Empty,
+        session = field::Empty
+    );
+    async move {
+        let _alive = node.track();
+        let deadline = node.settings.handshake_timeout;
+        let outcome = tokio::time::timeout(deadline, Box::pin(handshake::run(&node, socket, tls)))
+            .await
+            .unwrap_or(Err(Failed {
+                reason: CloseReason::HandshakeTimeout,
+                stream: None,
+            }));
+        drop(permit);
+        match outcome {
+            Ok(established) => live(node, established).await,
+            Err(failed) => refuse(failed).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Answers a connection refused at the handshake limit and closes it.
+pub async fn busy(node: Arc<Node>, socket: TcpStream, tls: Option<TlsAcceptor>) {
+    let reason = CloseReason::Busy {
+        retry_after_ms: node.settings.busy_delay_ms(),
+    };
+    let stream = match tls {
+        None => Some(Stream::Tcp(socket)),
+        Some(acceptor) => tokio::time::timeout(FAREWELL_TIMEOUT, acceptor.accept(socket))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|s| Stream::Tls(Box::new(s))),
+    };
+    refuse(Failed { reason, stream }).await;
+}
+
+async fn refuse(failed: Failed) {
+    let reason = failed.reason;
+    metrics::counter!("longlink_handshake_failures_total", "reason" => reason.label()).increment(1);
+    log_close(reason);
+    if let Some(stream) = failed.stream {
+        say_goodbye(stream, reason).await;
+    }
+}
+
+async fn live(node: Arc<Node>, established: Established) {
+    let Established {
+        stream,
+        decoder,
+        key,
+        profile,
+        session,
+    } = established;
+    let span = tracing::Span::current();
+    span.record("app", &*key.app);
+    span.record("device", &*key.device);
+    span.record("session", format!("{:x}", session.id));
+    metrics::counter!("longlink_handshakes_total", "transport" => session.transport.label())
+        .increment(1);
+    tracing::info!(
+        heartbeat_secs = session.heartbeat_secs,
+        "session established"
+    );
+
+    let link = session.link.clone();
+    let id = session.id;
+    node.hub.connect(&key, profile, session);
+    node.hub.heartbeats.watch(&link);
+    let mut conn = Live {
+        stream,
+        decoder,
+        link,
+        node: node.clone(),
+        key,
+        writing: None,
+        flush: false,
+    };
+    let reason = (&mut conn).await;
+    node.hub.disconnect(&conn.key, id, crate::clock::unix_ms());
+    metrics::counter!("longlink_closes_total", "reason" => reason.label()).increment(1);
+    log_close(reason);
+    say_goodbye(conn.stream, reason).await;
+}
+
+fn log_close(reason: CloseReason) {
+    match reason.level() {
+        Level::Debug => tracing::debug!(reason = reason.label(), "connection closed"),
+        Level::Info => tracing::info!(reason = reason.label(), "connection closed"),
+    }
+}
+
+/// Sends the frame that tells the app why, then closes, within a bounded time.
+async fn say_goodbye(mut stream: Stream, reason: CloseReason) {
+    let limit = match reason {
+        CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout => FAREWELL_TIMEOUT_STUCK,
+        _ => FAREWELL_TIMEOUT,
+    };
+    let _ = tokio::time::timeout(limit, async {
+        if let Some(frame) = farewell(reason) {
+            stream.write_all(&frame).await?;
+        }
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// An established connection, polled as one future.
+struct Live {
+    stream: Stream,
+    decoder: Decoder,
+    link: Arc<Link>,
+    node: Arc<Node>,
+    key: DeviceKey,
+    /// The frame being written, advanced past what the socket took.
+    writing: Option<Bytes>,
+    /// Bytes were written since the last flush (TLS buffers them).
+    flush: bool,
+}
+
+impl Future for &mut Live {
+    type Output = CloseReason;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let this: &mut Live = &mut self;
+        this.link.register(cx.waker());
+        for _ in 0..BUDGET {
+            let wrote = match this.poll_write(cx) {
+                Ok(progress) => progress,
+                Err(reason) => return Poll::Ready(reason),
+            };
+            let read = match this.poll_read(cx) {
+                Ok(progress) => progress,
+                Err(reason) => return Poll::Ready(reason),
+            };
+            if !wrote && !read {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Live {
+    /// Writes queued frames until the socket pushes back. Returns whether it wrote.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        let mut progress = false;
+        loop {
+            if self.writing.is_none() {
+                self.writing = self.link.next()?;
+            }
+            let Some(frame) = self.writing.as_mut() else {
+                break;
+            };
+            match Pin::new(&mut self.stream).poll_write(cx, frame) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(CloseReason::PeerClosed),
+                Poll::Ready(Ok(n)) => {
+                    frame.advance(n);
+                    if frame.is_empty() {
+                        self.writing = None;
+                    }
+                    self.flush = true;
+                    progress = true;
+                }
+                Poll::Pending => return Ok(progress),
+            }
+        }
+        if self.flush {
+            match Pin::new(&mut self.stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.flush = false,
+                Poll::Ready(Err(_)) => return Err(CloseReason::PeerClosed),
+                Poll::Pending => {}
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Reads what the socket has and handles every complete frame. Returns whether it read.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+            Poll::Pending => return Ok(false),
+            Poll::Ready(Err(_)) => return Err(CloseReason::PeerClosed),
+            Poll::Ready(Ok(())) => {}
+        }
+        if buf.filled().is_empty() {
+            return Err(CloseReason::PeerClosed);
+        }
+        self.link.touch(self.node.hub.heartbeats.now_ms());
+        let mut failure = None;
+        let handler = Handler {
+            node: &self.node,
+            key: &self.key,
+            link: &self.link,
+        };
+        self.decoder
+            .feed::<ClientFrame, _>(buf.filled(), |frame| match handler.on_frame(frame) {
+                Ok(()) => true,
+                Err(reason) => {
+                    failure = Some(reason);
+                    false
+                }
+            })
+            .map_err(frame_error)?;
+        match failure {
+            Some(reason) => Err(reason),
+            None => Ok(true),
+        }
+    }
+}
+
+/// Handles frames of an established session. Everything here is synchronous: a frame
+/// either changes the hub or queues an answer on the connection's own link.
+struct Handler<'a> {
+    node: &'a Node,
+    key: &'a DeviceKey,
+    link: &'a Link,
+}
+
+impl Handler<'_> {
+    fn on_frame(&self, frame: ClientFrame) -> Result<(), CloseReason> {
+        use client_frame::Frame;
+        match frame.frame {
+            Some(Frame::Ping(ping)) => {
+                let pong = Pong {
+                    client_time_ms: ping.client_time_ms,
+                    server_time_ms: crate::clock::unix_ms(),
+                };
+                self.answer(server_frame::Frame::Pong(pong));
+            }
+            Some(Frame::Ack(ack)) => {
+                let released = self.node.hub.ack(self.key, ack.seq, &ack.message_ids);
+                metrics::counter!("longlink_acks_total").increment(released as u64);
+            }
+            Some(Frame::Receipt(receipt)) => {
+                let status = receipt.status().as_str_name();
+                metrics::counter!("longlink_receipts_total", "status" => status).increment(1);
+                tracing::debug!(message = %receipt.message_id, status, "receipt");
+            }
+            Some(Frame::Report(report)) => {
+                let report = report.report.unwrap_or_default();
+                if !valid_report(&report) {
+                    return Err(CloseReason::Malformed);
+                }
+                self.node.hub.report(self.key, report);
+            }
+            Some(Frame::Bind(bind)) => self.bind(&bind.token)?,
+            Some(Frame::Unbind(_)) => {
+                self.node.hub.bind(self.key, None);
+                tracing::info!("unbound");
+                self.answer(server_frame::Frame::Bound(Bound {
+                    user_id: String::new(),
+                }));
+            }
+            Some(Frame::Hello(_)) => return Err(CloseReason::UnexpectedFrame),
+            None => return Err(CloseReason::Malformed),
+        }
+        Ok(())
+    }
+
+    fn bind(&self, token: &str) -> Result<(), CloseReason> {
+        let apps = self.node.apps();
+        let (_, key) = apps.get(&self.key.app).ok_or(CloseReason::UnknownApp)?;
+        let claims = key
+            .verify(
+                token,
+                &self.key.app,
+                &self.key.device,
+                crate::clock::unix_secs(),
+            )
+            .map_err(CloseReason::Token)?;
+        let user = claims.uid.filter(|u| !u.is_empty());
+        self.node.hub.bind(self.key, user.as_deref());
+        tracing::info!(user = user.as_deref().unwrap_or(""), "bound");
+        self.answer(server_frame::Frame::Bound(Bound {
+            user_id: user.unwrap_or_default(),
+        }));
+        Ok(())
+    }
+
+    /// Queues an answer; an overflow closes the connection as a slow consumer.
+    fn answer(&self, frame: server_frame::Frame) {
+        let bytes = crate::frame::encode(&ServerFrame { frame: Some(frame) });
+        self.link.send(bytes, self.node.hub.outbound_limits());
+    }
+}

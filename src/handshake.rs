@@ -1,0 +1,218 @@
+//! From accepted socket to established session: TLS (when the listener has it), the
+//! `Hello` frame, its token, and the `Welcome` answer, all under one deadline.
+//!
+//! The handshake runs in its own boxed future so that its buffers are freed once it is
+//! over; an established connection keeps none of them.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::close::CloseReason;
+use crate::frame::{Decoder, FrameError};
+use crate::hub::Profile;
+use crate::link::Link;
+use crate::node::Node;
+use crate::proto::device::{
+    ClientFrame, DeviceReport, Hello, ServerFrame, Welcome, client_frame, server_frame,
+};
+use crate::session::{DeviceKey, Session, Transport};
+use crate::stream::Stream;
+
+/// The protocol version this server speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A connection that passed its handshake; the session is not in the table yet.
+#[derive(Debug)]
+pub struct Established {
+    pub stream: Stream,
+    /// Holds any bytes the app sent after `Hello`.
+    pub decoder: Decoder,
+    pub key: DeviceKey,
+    pub profile: Profile,
+    pub session: Session,
+}
+
+/// A failed handshake: why, and the stream when there is one to tell the app on.
+#[derive(Debug)]
+pub struct Failed {
+    pub reason: CloseReason,
+    pub stream: Option<Stream>,
+}
+
+/// Runs the TLS handshake (if `tls` is set) and the protocol handshake.
+pub async fn run(
+    node: &Arc<Node>,
+    socket: TcpStream,
+    tls: Option<TlsAcceptor>,
+) -> Result<Established, Failed> {
+    let (mut stream, transport) = match tls {
+        None => (Stream::Tcp(socket), Transport::Tcp),
+        Some(acceptor) => match acceptor.accept(socket).await {
+            Ok(s) => (Stream::Tls(Box::new(s)), Transport::Tls),
+            Err(_) => {
+                return Err(Failed {
+                    reason: CloseReason::Io,
+                    stream: None,
+                });
+            }
+        },
+    };
+    match greet(node, &mut stream, transport).await {
+        Ok((decoder, key, profile, session)) => Ok(Established {
+            stream,
+            decoder,
+            key,
+            profile,
+            session,
+        }),
+        Err(reason) => Err(Failed {
+            reason,
+            stream: Some(stream),
+        }),
+    }
+}
+
+async fn greet(
+    node: &Arc<Node>,
+    stream: &mut Stream,
+    transport: Transport,
+) -> Result<(Decoder, DeviceKey, Profile, Session), CloseReason> {
+    let mut decoder = Decoder::new(node.settings.max_hello_frame_bytes);
+    let hello = read_hello(stream, &mut decoder).await?;
+    let (key, user) = authenticate(node, &hello)?;
+    if node.is_draining() {
+        return Err(CloseReason::Refused {
+            retry_after_ms: node.settings.reconnect_delay_ms(),
+        });
+    }
+    let settings = &node.settings;
+    let heartbeat_secs = settings.heartbeat_secs(hello.heartbeat_secs);
+    let silence_limit_ms = settings.silence_limit_ms(heartbeat_secs);
+    let id = node.next_session_id();
+    let welcome = Welcome {
+        session_id: format!("{id:x}"),
+        heartbeat_secs,
+        server_time_ms: crate::clock::unix_ms(),
+        silence_limit_ms: silence_limit_ms as u32,
+        max_frame_bytes: settings.max_frame_bytes as u32,
+        user_id: user.clone().unwrap_or_default(),
+    };
+    let frame = ServerFrame {
+        frame: Some(server_frame::Frame::Welcome(welcome)),
+    };
+    stream
+        .write_all(&crate::frame::encode(&frame))
+        .await
+        .map_err(|_| CloseReason::PeerClosed)?;
+    stream.flush().await.map_err(|_| CloseReason::PeerClosed)?;
+    decoder.set_limit(settings.max_frame_bytes);
+    let link = Arc::new(Link::new(
+        id,
+        silence_limit_ms,
+        node.hub.heartbeats.now_ms(),
+    ));
+    let session = Session {
+        id,
+        link,
+        transport,
+        since_ms: crate::clock::unix_ms(),
+        heartbeat_secs,
+    };
+    let profile = Profile {
+        platform: hello.platform,
+        app_version: hello.app_version,
+        user,
+        report: hello.report,
+        acked_seq: hello.acked_seq,
+    };
+    Ok((decoder, key, profile, session))
+}
+
+async fn read_hello(stream: &mut Stream, decoder: &mut Decoder) -> Result<Hello, CloseReason> {
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|_| CloseReason::PeerClosed)?;
+        if n == 0 {
+            return Err(CloseReason::PeerClosed);
+        }
+        let mut first = None;
+        decoder
+            .feed::<ClientFrame, _>(&buf[..n], |frame| {
+                first = Some(frame);
+                false
+            })
+            .map_err(frame_error)?;
+        match first.map(|f| f.frame) {
+            None => continue,
+            Some(Some(client_frame::Frame::Hello(hello))) => return Ok(hello),
+            Some(_) => return Err(CloseReason::HelloRequired),
+        }
+    }
+}
+
+pub fn frame_error(error: FrameError) -> CloseReason {
+    match error {
+        FrameError::TooLarge { .. } => CloseReason::FrameTooLarge,
+        FrameError::Malformed(_) | FrameError::Empty => CloseReason::Malformed,
+    }
+}
+
+/// Checks `hello` and its token; returns the device key and the user from the token.
+fn authenticate(node: &Node, hello: &Hello) -> Result<(DeviceKey, Option<String>), CloseReason> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(CloseReason::UnsupportedVersion);
+    }
+    let apps = node.apps();
+    let Some((app, key)) = apps.get(&hello.app_id) else {
+        return Err(CloseReason::UnknownApp);
+    };
+    if !valid_hello(hello) {
+        return Err(CloseReason::InvalidHello);
+    }
+    let claims = key
+        .verify(
+            &hello.token,
+            &hello.app_id,
+            &hello.device_id,
+            crate::clock::unix_secs(),
+        )
+        .map_err(CloseReason::Token)?;
+    let user = claims.uid.filter(|u| !u.is_empty() && u.len() <= 128);
+    Ok((
+        DeviceKey {
+            app,
+            device: hello.device_id.as_str().into(),
+        },
+        user,
+    ))
+}
+
+/// Field limits from the protocol documentation.
+fn valid_hello(hello: &Hello) -> bool {
+    let report_ok = hello.report.as_ref().is_none_or(valid_report);
+    (1..=128).contains(&hello.device_id.len())
+        && hello.app_version.len() <= 32
+        && !hello.token.is_empty()
+        && report_ok
+}
+
+pub fn valid_report(report: &DeviceReport) -> bool {
+    report.vendor_error_code.len() <= 64
+        && report.os_version.len() <= 64
+        && report.sdk_version.len() <= 32
+}
+
+/// Encodes the frame that tells the app why it is being closed, if any.
+pub fn farewell(reason: CloseReason) -> Option<bytes::Bytes> {
+    reason.frame().map(|frame| {
+        debug_assert!(frame.encoded_len() < 1024);
+        crate::frame::encode(&frame)
+    })
+}

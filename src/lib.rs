@@ -1,0 +1,33 @@
+//! longlink: the self-built channel of a mobile push platform.
+//!
+//! Data flow (see ARCHITECTURE.md): `listener` accepts a socket, `connection` runs its
+//! handshake (`handshake`, `token`) and its frame loop (`frame`), the `hub` keeps the
+//! session table (`session`), each device's `mailbox` and the links (`link`) through
+//! which pushes from the router API (`router`) reach connections; `heartbeat` closes the
+//! silent ones; `server` starts and drains it all.
+
+pub mod admin;
+pub mod apps;
+pub mod client;
+pub mod clock;
+pub mod close;
+pub mod config;
+pub mod connection;
+pub mod frame;
+pub mod handshake;
+pub mod heartbeat;
+pub mod hub;
+pub mod limits;
+pub mod link;
+pub mod listener;
+pub mod mailbox;
+pub mod message;
+pub mod node;
+pub mod proto;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod stream;
+pub mod telemetry;
+pub mod tls;
+pub mod token;

@@ -1,0 +1,196 @@
+//! The shared half of one live connection: its bounded outbound queue, the close request
+//! and the time it was last heard from.
+//!
+//! Pushes, kicks, takeovers and the heartbeat wheel reach a connection only through its
+//! `Link`: they enqueue a frame or request a close, then wake the connection's task. None
+//! of them ever touches the socket or waits on it, so one slow device cannot hold up a
+//! push. The connection task is the only reader of the queue.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Waker;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::close::CloseReason;
+
+/// Bounds of one connection's outbound queue.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundLimits {
+    pub max_frames: usize,
+    pub max_bytes: usize,
+}
+
+/// What became of a frame handed to [`Link::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The queue was over its bound: the connection is now closing as a slow consumer.
+    Overflow,
+    /// The connection was already closing; the frame was dropped.
+    Closing,
+}
+
+#[derive(Debug)]
+pub struct Link {
+    /// Identifies the session this link belongs to; takeover checks compare it.
+    pub session_id: u64,
+    /// Silence after which the heartbeat wheel closes this link, in milliseconds.
+    pub silence_limit_ms: u64,
+    /// Last time any frame arrived, in [`crate::heartbeat::Heartbeats::now_ms`] units.
+    last_seen_ms: AtomicU64,
+    outbox: Mutex<Outbox>,
+    waker: AtomicWaker,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// Set once; the first reason wins and later requests are ignored.
+    close: Option<CloseReason>,
+}
+
+impl Link {
+    pub fn new(session_id: u64, silence_limit_ms: u64, now_ms: u64) -> Self {
+        Link {
+            session_id,
+            silence_limit_ms,
+            last_seen_ms: AtomicU64::new(now_ms),
+            outbox: Mutex::new(Outbox::default()),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Queues `frame` for the connection to write, unless that would put the queue over
+    /// `limits`, in which case the connection is closed as a slow consumer.
+    pub fn send(&self, frame: Bytes, limits: OutboundLimits) -> Sent {
+        let mut outbox = self.outbox.lock();
+        if outbox.close.is_some() {
+            return Sent::Closing;
+        }
+        if outbox.frames.len() >= limits.max_frames || outbox.bytes + frame.len() > limits.max_bytes
+        {
+            outbox.close = Some(CloseReason::SlowConsumer);
+            drop(outbox);
+            self.waker.wake();
+            return Sent::Overflow;
+        }
+        outbox.bytes += frame.len();
+        outbox.frames.push_back(frame);
+        drop(outbox);
+        self.waker.wake();
+        Sent::Queued
+    }
+
+    /// Asks the connection to close for `reason`. Returns false when a close had already
+    /// been requested (the first reason stands).
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let mut outbox = self.outbox.lock();
+        if outbox.close.is_some() {
+            return false;
+        }
+        outbox.close = Some(reason);
+        drop(outbox);
+        self.waker.wake();
+        true
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.outbox.lock().close.is_some()
+    }
+
+    /// Records that the peer was heard from at `now_ms`.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// Registers the connection task to be woken by the next `send` or `close`.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Takes the next queued frame, or the close reason once one was requested.
+    pub(crate) fn next(&self) -> Result<Option<Bytes>, CloseReason> {
+        let mut outbox = self.outbox.lock();
+        if let Some(reason) = outbox.close {
+            return Err(reason);
+        }
+        let frame = outbox.frames.pop_front();
+        match &frame {
+            Some(f) => outbox.bytes -= f.len(),
+            // Idle again: give the queue's memory back rather than keep it per connection.
+            None => outbox.frames = VecDeque::new(),
+        }
+        Ok(frame)
+    }
+
+    /// Frames and bytes waiting to be written.
+    pub fn queued(&self) -> (usize, usize) {
+        let outbox = self.outbox.lock();
+        (outbox.frames.len(), outbox.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: OutboundLimits = OutboundLimits {
+        max_frames: 3,
+        max_bytes: 10,
+    };
+
+    #[test]
+    fn overflow_by_frames_or_bytes_closes_as_slow_consumer() {
+        let link = Link::new(1, 1000, 0);
+        for _ in 0..3 {
+            assert_eq!(link.send(Bytes::from_static(b"ab"), LIMITS), Sent::Queued);
+        }
+        assert_eq!(link.send(Bytes::from_static(b"ab"), LIMITS), Sent::Overflow);
+        assert_eq!(link.send(Bytes::from_static(b"ab"), LIMITS), Sent::Closing);
+        assert_eq!(link.next(), Err(CloseReason::SlowConsumer));
+
+        let link = Link::new(2, 1000, 0);
+        assert_eq!(
+            link.send(Bytes::from_static(b"123456"), LIMITS),
+            Sent::Queued
+        );
+        assert_eq!(
+            link.send(Bytes::from_static(b"12345"), LIMITS),
+            Sent::Overflow
+        );
+    }
+
+    #[test]
+    fn first_close_reason_wins() {
+        let link = Link::new(1, 1000, 0);
+        assert!(link.close(CloseReason::Replaced));
+        assert!(!link.close(CloseReason::HeartbeatTimeout));
+        assert_eq!(link.next(), Err(CloseReason::Replaced));
+    }
+
+    #[test]
+    fn frames_come_out_in_order_and_free_their_budget() {
+        let link = Link::new(1, 1000, 0);
+        for f in [&b"a"[..], b"bb", b"ccc"] {
+            assert_eq!(link.send(Bytes::copy_from_slice(f), LIMITS), Sent::Queued);
+        }
+        assert_eq!(link.queued(), (3, 6));
+        assert_eq!(link.next(), Ok(Some(Bytes::from_static(b"a"))));
+        assert_eq!(link.queued(), (2, 5));
+        assert_eq!(link.next(), Ok(Some(Bytes::from_static(b"bb"))));
+        assert_eq!(link.next(), Ok(Some(Bytes::from_static(b"ccc"))));
+        assert_eq!(link.next(), Ok(None));
+        assert_eq!(
+            link.send(Bytes::from_static(b"0123456789"), LIMITS),
+            Sent::Queued
+        );
+    }
+}

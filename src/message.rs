@@ -1,0 +1,116 @@
+//! A message accepted from the router, encoded once and shared by every device it goes to.
+//!
+//! The `Push` frame differs between devices only in `seq` and `redelivery`. Protobuf
+//! merges fields that appear later in the same message, so the shared body is encoded
+//! once without them and each device's frame is that body with the two fields appended:
+//! one copy of the body per device, no re-encoding of titles and data.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message as _;
+use prost::encoding::{self, WireType};
+
+use crate::frame::PREFIX_LEN;
+use crate::proto::device::{Push, PushKind};
+
+/// `ServerFrame.push`.
+const SERVER_FRAME_PUSH: u32 = 3;
+/// `Push.seq`.
+const PUSH_SEQ: u32 = 2;
+/// `Push.redelivery`.
+const PUSH_REDELIVERY: u32 = 12;
+
+#[derive(Debug)]
+pub struct Message {
+    pub id: String,
+    pub kind: PushKind,
+    /// Unix milliseconds after which the message must not be delivered; `None` when it
+    /// never expires.
+    pub expires_at_ms: Option<i64>,
+    /// Encoded `Push` without `seq` and `redelivery`.
+    body: Bytes,
+}
+
+impl Message {
+    /// Wraps `push`, whose `seq` and `redelivery` are ignored.
+    pub fn new(mut push: Push) -> Self {
+        push.seq = 0;
+        push.redelivery = false;
+        let expires_at_ms = (push.expires_at_ms > 0).then_some(push.expires_at_ms);
+        Message {
+            id: push.message_id.clone(),
+            kind: push.kind(),
+            expires_at_ms,
+            body: push.encode_to_vec().into(),
+        }
+    }
+
+    /// The length-prefixed `ServerFrame` carrying this message as device message `seq`.
+    pub fn frame(&self, seq: u64, redelivery: bool) -> Bytes {
+        let extra = encoding::uint64::encoded_len(PUSH_SEQ, &seq)
+            + if redelivery {
+                encoding::bool::encoded_len(PUSH_REDELIVERY, &true)
+            } else {
+                0
+            };
+        let push_len = self.body.len() + extra;
+        let frame_len = encoding::key_len(SERVER_FRAME_PUSH)
+            + encoding::encoded_len_varint(push_len as u64)
+            + push_len;
+        let mut buf = BytesMut::with_capacity(PREFIX_LEN + frame_len);
+        buf.put_u32(frame_len as u32);
+        encoding::encode_key(SERVER_FRAME_PUSH, WireType::LengthDelimited, &mut buf);
+        encoding::encode_varint(push_len as u64, &mut buf);
+        buf.put_slice(&self.body);
+        encoding::uint64::encode(PUSH_SEQ, &seq, &mut buf);
+        if redelivery {
+            encoding::bool::encode(PUSH_REDELIVERY, &true, &mut buf);
+        }
+        debug_assert_eq!(buf.len(), PREFIX_LEN + frame_len);
+        buf.freeze()
+    }
+
+    /// Bytes of the shared body, for accounting.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// A new message id: the acceptance time in milliseconds, then 64 random bits, in hex.
+pub fn new_id(now_ms: i64) -> String {
+    format!("{:012x}{:016x}", now_ms, rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::device::{Notification, ServerFrame, server_frame};
+
+    #[test]
+    fn per_device_frame_decodes_as_the_full_push() {
+        let push = Push {
+            message_id: "m1".into(),
+            kind: PushKind::Notification as i32,
+            notification: Some(Notification {
+                title: "t".into(),
+                body: "b".repeat(300),
+                click_action: String::new(),
+            }),
+            data: vec![1, 2, 3].into(),
+            created_at_ms: 5,
+            ..Default::default()
+        };
+        let msg = Message::new(push.clone());
+        for (seq, redelivery) in [(1, false), (300, true), (u64::MAX, false)] {
+            let frame = msg.frame(seq, redelivery);
+            let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+            assert_eq!(len, frame.len() - 4);
+            let decoded = ServerFrame::decode(&frame[4..]).unwrap();
+            let want = Push {
+                seq,
+                redelivery,
+                ..push.clone()
+            };
+            assert_eq!(decoded.frame, Some(server_frame::Frame::Push(want)));
+        }
+    }
+}

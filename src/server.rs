@@ -1,0 +1,229 @@
+//! Starting and draining a node: binds every listener, spawns the accept loops, the
+//! heartbeat wheel, the router API and the admin listener, and on drain stops accepting,
+//! kicks every session with a spread reconnect delay and waits, within the grace
+//! period, for the connections to finish.
+//!
+//! `start` takes addresses from the configuration; port 0 picks a free port, and the
+//! bound addresses are in [`Running`], which is how tests run real servers side by side.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::apps::Apps;
+use crate::close::CloseReason;
+use crate::config::Config;
+use crate::heartbeat::Heartbeats;
+use crate::hub::{Hub, HubLimits};
+use crate::link::OutboundLimits;
+use crate::node::{Node, Settings};
+use crate::router::{RouterServer, Service, auth::Keys};
+
+/// Pending connections the kernel may queue per device listener.
+const BACKLOG: u32 = 4096;
+
+/// A started node.
+#[derive(Debug)]
+pub struct Running {
+    pub tcp_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
+    pub router_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub node: Arc<Node>,
+    drain: watch::Sender<bool>,
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the drain; returns at once. Idempotent.
+    pub fn drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    /// Waits until the drain has finished (or its grace period ran out).
+    pub async fn stopped(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds and starts everything `config` describes.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let router_addr: SocketAddr = config.router.addr.parse().context("router.addr")?;
+    let keys = router_keys(&config)?;
+    if !router_addr.ip().is_loopback() && keys.is_empty() {
+        anyhow::bail!(
+            "refusing to start: router.addr {router_addr} is not loopback and no router key \
+             is configured (set [[router.keys]])"
+        );
+    }
+    let apps = Apps::load(&config)?;
+    let node = Arc::new(build_node(&config, apps));
+    let (drain, drain_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
+
+    let tcp_addr = spawn_device(&node, &config.device.tcp_addr, None, &stop_rx).await?;
+    let tls_addr = match config.device.tls_addr.as_str() {
+        "" => None,
+        addr => {
+            let tls = crate::tls::server_config(&config.tls, &config.data_dir)?;
+            spawn_device(&node, addr, Some(TlsAcceptor::from(tls)), &stop_rx).await?
+        }
+    };
+    let router = TcpListener::bind(router_addr)
+        .await
+        .with_context(|| format!("binding {router_addr}"))?;
+    let router_addr = router.local_addr()?;
+    let admin_addr = match config.admin.addr.as_str() {
+        "" => None,
+        addr => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            let bound = listener.local_addr()?;
+            tokio::spawn(crate::admin::run(node.clone(), listener, stop_rx.clone()));
+            Some(bound)
+        }
+    };
+    let heartbeats = tokio::spawn(node.hub.heartbeats.clone().run());
+    let api = tokio::spawn(serve_router(node.clone(), keys, router, stop_rx.clone()));
+    let grace = Duration::from_secs(config.drain.grace_secs);
+    let done = tokio::spawn(drain_when_asked(
+        node.clone(),
+        drain_rx,
+        stop,
+        grace,
+        heartbeats,
+        api,
+    ));
+    crate::limits::raise_open_files(config.device.max_connections);
+    Ok(Running {
+        tcp_addr,
+        tls_addr,
+        router_addr,
+        admin_addr,
+        node,
+        drain,
+        done,
+    })
+}
+
+fn build_node(config: &Config, apps: Apps) -> Node {
+    let d = &config.device;
+    let limits = HubLimits {
+        outbound: OutboundLimits {
+            max_frames: d.outbound_max_frames,
+            max_bytes: d.outbound_max_bytes,
+        },
+        send_window: d.send_window,
+        pending_max: d.pending_max,
+    };
+    let hub = Hub::new(limits, Arc::new(Heartbeats::default()));
+    Node::new(hub, apps, Settings::from_config(config), d.max_handshakes)
+}
+
+fn router_keys(config: &Config) -> anyhow::Result<Keys> {
+    let mut keys = Vec::new();
+    for key in &config.router.keys {
+        let secret = match (&key.key, &key.key_file) {
+            (Some(secret), _) => secret.clone(),
+            (None, Some(file)) => crate::apps::read_secret(file)?,
+            (None, None) => unreachable!("validated: one of key and key_file is set"),
+        };
+        keys.push((secret, key.apps.clone()));
+    }
+    Ok(Keys::new(keys))
+}
+
+async fn spawn_device(
+    node: &Arc<Node>,
+    addr: &str,
+    tls: Option<TlsAcceptor>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    let listener = socket.listen(BACKLOG)?;
+    let bound = listener.local_addr()?;
+    let transport = if tls.is_some() { "tls" } else { "tcp" };
+    tracing::info!(addr = %bound, transport, "device listener ready");
+    tokio::spawn(crate::listener::run(
+        node.clone(),
+        listener,
+        tls,
+        stop.clone(),
+    ));
+    Ok(Some(bound))
+}
+
+async fn serve_router(
+    node: Arc<Node>,
+    keys: Keys,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "router API ready");
+    let service = RouterServer::with_interceptor(Service::new(node), move |r| keys.check(r));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "router API stopped");
+    }
+}
+
+async fn drain_when_asked(
+    node: Arc<Node>,
+    mut asked: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    grace: Duration,
+    heartbeats: JoinHandle<()>,
+    api: JoinHandle<()>,
+) {
+    let _ = asked.wait_for(|asked| *asked).await;
+    let sessions = node.hub.sessions.len();
+    tracing::info!(sessions, grace_secs = grace.as_secs(), "draining");
+    node.start_draining();
+    stop.send_replace(true);
+    for link in node.hub.sessions.links() {
+        let delay = node.settings.reconnect_delay_ms();
+        if link.close(CloseReason::Draining {
+            reconnect_after_ms: delay,
+        }) {
+            metrics::counter!("longlink_kicks_total", "reason" => "draining").increment(1);
+        }
+    }
+    if tokio::time::timeout(grace, node.all_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = node.connections(),
+            "grace period over; exiting with connections open"
+        );
+    }
+    heartbeats.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    tracing::info!("drained");
+}
