@@ -27,7 +27,7 @@ use crate::link::Link;
 use crate::node::Node;
 use crate::proto::device::{Bound, ClientFrame, Pong, ServerFrame, client_frame, server_frame};
 use crate::session::DeviceKey;
-use crate::stream::Stream;
+use crate::stream::{Either, Stream};
 
 /// Bytes read per poll of the socket; lives on the stack only while polled.
 const READ_CHUNK: usize = 4096;
@@ -81,12 +81,12 @@ pub async fn busy(node: Arc<Node>, socket: TcpStream, tls: Option<TlsAcceptor>) 
         retry_after_ms: node.settings.busy_delay_ms(),
     };
     let stream = match tls {
-        None => Some(Stream::Tcp(socket)),
+        None => Some(Either::Tcp(socket)),
         Some(acceptor) => tokio::time::timeout(FAREWELL_TIMEOUT, acceptor.accept(socket))
             .await
             .ok()
             .and_then(Result::ok)
-            .map(|s| Stream::Tls(Box::new(s))),
+            .map(|s| Either::Tls(Box::new(s))),
     };
     refuse(Failed { reason, stream }).await;
 }

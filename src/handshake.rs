@@ -20,7 +20,7 @@ use crate::proto::device::{
     ClientFrame, DeviceReport, Hello, ServerFrame, Welcome, client_frame, server_frame,
 };
 use crate::session::{DeviceKey, Session, Transport};
-use crate::stream::Stream;
+use crate::stream::{Either, Stream};
 
 /// The protocol version this server speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -50,9 +50,9 @@ pub async fn run(
     tls: Option<TlsAcceptor>,
 ) -> Result<Established, Failed> {
     let (mut stream, transport) = match tls {
-        None => (Stream::Tcp(socket), Transport::Tcp),
+        None => (Either::Tcp(socket), Transport::Tcp),
         Some(acceptor) => match acceptor.accept(socket).await {
-            Ok(s) => (Stream::Tls(Box::new(s)), Transport::Tls),
+            Ok(s) => (Either::Tls(Box::new(s)), Transport::Tls),
             Err(_) => {
                 return Err(Failed {
                     reason: CloseReason::Io,

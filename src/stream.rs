@@ -1,5 +1,6 @@
-//! A device socket, plain or TLS, behind one type. The TLS state is boxed: it is large,
-//! and keeping it out of line keeps plain connections small.
+//! A device socket, plain or TLS, behind one type, for the server side and for the
+//! bundled client alike. The TLS state is boxed: it is large, and keeping it out of line
+//! keeps plain connections small.
 
 use std::io;
 use std::pin::Pin;
@@ -7,50 +8,55 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+
+/// The server's side of a device connection.
+pub type Stream = Either<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// The bundled client's side of a device connection.
+pub type ClientStream = Either<tokio_rustls::client::TlsStream<TcpStream>>;
 
 #[derive(Debug)]
-pub enum Stream {
+pub enum Either<T> {
     Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<T>),
 }
 
-impl AsyncRead for Stream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Either<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Either::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Either::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Stream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Either<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Either::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Either::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Either::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Either::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Either::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Either::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -1,0 +1,124 @@
+//! JSON renderings of protocol messages for the command line: one object per line.
+
+use serde_json::{Value, json};
+
+use crate::proto::device::{
+    DeviceReport, Kick, KickReason, Platform, Push, PushKind, VendorChannel, badge,
+};
+use crate::proto::router::{DevicePresence, PushResponse, Result as Wire};
+
+pub fn push(p: &Push) -> Value {
+    let mut v = json!({
+        "event": "push",
+        "message_id": p.message_id,
+        "seq": p.seq,
+        "kind": kind(p.kind()),
+        "redelivery": p.redelivery,
+        "created_at_ms": p.created_at_ms,
+        "expires_at_ms": p.expires_at_ms,
+    });
+    if let Some(n) = &p.notification {
+        v["title"] = json!(n.title);
+        v["body"] = json!(n.body);
+        if !n.click_action.is_empty() {
+            v["click_action"] = json!(n.click_action);
+        }
+    }
+    if let Some(b) = &p.badge {
+        v["badge"] = match b.change {
+            Some(badge::Change::Set(n)) => json!({ "key": b.key, "set": n }),
+            Some(badge::Change::Add(n)) => json!({ "key": b.key, "add": n }),
+            None => json!({ "key": b.key }),
+        };
+    }
+    if !p.data.is_empty() {
+        v["data"] = json!(String::from_utf8_lossy(&p.data));
+    }
+    if !p.collapse_key.is_empty() {
+        v["collapse_key"] = json!(p.collapse_key);
+    }
+    v
+}
+
+pub fn kind(k: PushKind) -> &'static str {
+    match k {
+        PushKind::Notification => "notification",
+        PushKind::Badge => "badge",
+        PushKind::Silent => "silent",
+        PushKind::Unspecified => "unspecified",
+    }
+}
+
+pub fn kick(k: &Kick) -> Value {
+    let reason = KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified);
+    json!({
+        "event": "kick",
+        "reason": reason.as_str_name(),
+        "reconnect": k.reconnect,
+        "reconnect_after_ms": k.reconnect_after_ms,
+    })
+}
+
+pub fn push_response(r: &PushResponse) -> Value {
+    let results: Vec<Value> = r
+        .results
+        .iter()
+        .map(|d| {
+            let result = match d.result() {
+                Wire::Sent => "sent",
+                Wire::Stored => "stored",
+                Wire::NotDelivered => "not_delivered",
+                Wire::UnknownDevice => "unknown_device",
+                Wire::Rejected => "rejected",
+                Wire::Unspecified => "unspecified",
+            };
+            let mut v = json!({ "device_id": d.device_id, "result": result });
+            if d.seq > 0 {
+                v["seq"] = json!(d.seq);
+            }
+            if !d.reason.is_empty() {
+                v["reason"] = json!(d.reason);
+            }
+            v
+        })
+        .collect();
+    json!({ "message_id": r.message_id, "results": results })
+}
+
+pub fn presence(p: &DevicePresence) -> Value {
+    if !p.known {
+        return json!({ "device_id": p.device_id, "known": false, "online": false });
+    }
+    let platform = Platform::try_from(p.platform).unwrap_or(Platform::Unspecified);
+    let mut v = json!({
+        "device_id": p.device_id,
+        "known": true,
+        "online": p.online,
+        "last_seen_ms": p.last_seen_ms,
+        "platform": platform.as_str_name(),
+        "app_version": p.app_version,
+        "user_id": p.user_id,
+    });
+    if p.online {
+        v["online_since_ms"] = json!(p.online_since_ms);
+        v["session_id"] = json!(p.session_id);
+        v["transport"] = json!(p.transport);
+        v["heartbeat_secs"] = json!(p.heartbeat_secs);
+    }
+    if let Some(r) = &p.report {
+        v["report"] = report(r);
+    }
+    v
+}
+
+fn report(r: &DeviceReport) -> Value {
+    let channel = VendorChannel::try_from(r.vendor_channel).unwrap_or(VendorChannel::Unspecified);
+    json!({
+        "vendor_channel": channel.as_str_name(),
+        "vendor_token_registered": r.vendor_token_registered,
+        "vendor_error_code": r.vendor_error_code,
+        "notifications_enabled": r.notifications_enabled,
+        "os_version": r.os_version,
+        "sdk_version": r.sdk_version,
+    })
+}

@@ -1,0 +1,168 @@
+//! `longlink push` and `longlink presence`: router API calls from the command line.
+
+use std::process::ExitCode;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::proto::device::{Badge, Notification, Platform, PushKind, badge};
+use crate::proto::router::router_client::RouterClient;
+use crate::proto::router::{Devices, Message, PresenceRequest, PushRequest, User, push_request};
+
+#[derive(Debug, clap::Args)]
+pub struct Api {
+    /// Router API address.
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    api: String,
+    /// Router key, when the server requires one.
+    #[arg(long, env = "LONGLINK_ROUTER_KEY", hide_env_values = true)]
+    router_key: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    api: Api,
+    #[arg(long)]
+    app: String,
+    /// Target devices (repeat, or separate with commas).
+    #[arg(long = "device", value_delimiter = ',', conflicts_with = "user")]
+    devices: Vec<String>,
+    /// Target every device bound to this user.
+    #[arg(long)]
+    user: Option<String>,
+    /// With --user: only devices of this platform (android, ios, harmony, web).
+    #[arg(long, requires = "user")]
+    platform: Option<String>,
+    #[arg(long, default_value = "notification", value_parser = ["notification", "badge", "silent"])]
+    kind: String,
+    #[arg(long, default_value = "")]
+    title: String,
+    #[arg(long, default_value = "")]
+    body: String,
+    /// Opaque data, sent as UTF-8 bytes.
+    #[arg(long, default_value = "")]
+    data: String,
+    /// Badge: set the counter to N (implies --kind badge).
+    #[arg(long)]
+    badge: Option<u32>,
+    /// Badge counter name.
+    #[arg(long, default_value = "")]
+    badge_key: String,
+    /// Time to live in seconds; 0 means now or never.
+    #[arg(long)]
+    ttl: Option<u32>,
+    #[arg(long, default_value = "")]
+    collapse_key: String,
+    /// Idempotency key for retries.
+    #[arg(long, default_value = "")]
+    request_id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PresenceArgs {
+    #[command(flatten)]
+    api: Api,
+    #[arg(long)]
+    app: String,
+    #[arg(long = "device", value_delimiter = ',', required = true)]
+    devices: Vec<String>,
+}
+
+async fn connect(
+    api: &Api,
+) -> anyhow::Result<
+    RouterClient<
+        tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
+    >,
+> {
+    let channel = Channel::from_shared(format!("http://{}", api.api))?
+        .connect()
+        .await?;
+    let bearer = match &api.router_key {
+        Some(key) => Some(MetadataValue::try_from(format!("Bearer {key}"))?),
+        None => None,
+    };
+    Ok(RouterClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            if let Some(value) = &bearer {
+                req.metadata_mut().insert("authorization", value.clone());
+            }
+            Ok(req)
+        },
+    ))
+}
+
+pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let target = match (&args.user, args.devices.is_empty()) {
+        (Some(user), _) => push_request::Target::User(User {
+            user_id: user.clone(),
+            platform: parse_platform(args.platform.as_deref())? as i32,
+        }),
+        (None, false) => push_request::Target::Devices(Devices {
+            device_ids: args.devices.clone(),
+        }),
+        (None, true) => anyhow::bail!("name a target: --device ID or --user UID"),
+    };
+    let request = PushRequest {
+        app_id: args.app.clone(),
+        request_id: args.request_id.clone(),
+        target: Some(target),
+        message: Some(message(&args)),
+    };
+    let mut client = connect(&args.api).await?;
+    let response = client.push(request).await?.into_inner();
+    println!("{}", super::output::push_response(&response));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn message(args: &PushArgs) -> Message {
+    let kind = match (args.badge, args.kind.as_str()) {
+        (Some(_), _) | (None, "badge") => PushKind::Badge,
+        (None, "silent") => PushKind::Silent,
+        _ => PushKind::Notification,
+    };
+    let notification = (kind == PushKind::Notification).then(|| Notification {
+        title: args.title.clone(),
+        body: args.body.clone(),
+        click_action: String::new(),
+    });
+    let badge = (kind == PushKind::Badge).then(|| Badge {
+        key: args.badge_key.clone(),
+        change: Some(badge::Change::Set(args.badge.unwrap_or(0))),
+    });
+    Message {
+        kind: kind as i32,
+        notification,
+        badge,
+        data: args.data.clone().into_bytes().into(),
+        collapse_key: args.collapse_key.clone(),
+        priority: 0,
+        ttl_secs: args.ttl,
+    }
+}
+
+fn parse_platform(name: Option<&str>) -> anyhow::Result<Platform> {
+    Ok(match name {
+        None => Platform::Unspecified,
+        Some("android") => Platform::Android,
+        Some("ios") => Platform::Ios,
+        Some("harmony") => Platform::Harmony,
+        Some("web") => Platform::Web,
+        Some(other) => anyhow::bail!("unknown platform `{other}` (android, ios, harmony, web)"),
+    })
+}
+
+pub async fn presence(args: PresenceArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.api).await?;
+    let request = PresenceRequest {
+        app_id: args.app,
+        device_ids: args.devices,
+    };
+    let response = client.presence(request).await?.into_inner();
+    for device in &response.devices {
+        println!("{}", super::output::presence(device));
+    }
+    Ok(ExitCode::SUCCESS)
+}
