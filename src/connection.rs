@@ -102,11 +102,12 @@ async fn refuse(failed: Failed) {
 
 async fn live(node: Arc<Node>, established: Established) {
     let Established {
-        stream,
+        mut stream,
         decoder,
         key,
         profile,
         session,
+        welcome,
     } = established;
     let span = tracing::Span::current();
     span.record("app", &*key.app);
@@ -122,6 +123,16 @@ async fn live(node: Arc<Node>, established: Established) {
     let link = session.link.clone();
     let id = session.id;
     node.hub.connect(&key, profile, session);
+    let greeted = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+        stream.write_all(&welcome).await?;
+        stream.flush().await
+    })
+    .await;
+    if !matches!(greeted, Ok(Ok(()))) {
+        node.hub.disconnect(&key, id, crate::clock::unix_ms());
+        log_close(CloseReason::PeerClosed);
+        return;
+    }
     node.hub.heartbeats.watch(&link);
     let mut conn = Live {
         stream,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use prost::Message as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -34,6 +34,9 @@ pub struct Established {
     pub key: DeviceKey,
     pub profile: Profile,
     pub session: Session,
+    /// The encoded `Welcome`, written once the session is in the table, so that a router
+    /// call made as soon as the app sees it finds the device online.
+    pub welcome: bytes::Bytes,
 }
 
 /// A failed handshake: why, and the stream when there is one to tell the app on.
@@ -62,12 +65,13 @@ pub async fn run(
         },
     };
     match greet(node, &mut stream, transport).await {
-        Ok((decoder, key, profile, session)) => Ok(Established {
+        Ok((decoder, key, profile, session, welcome)) => Ok(Established {
             stream,
             decoder,
             key,
             profile,
             session,
+            welcome,
         }),
         Err(reason) => Err(Failed {
             reason,
@@ -80,7 +84,7 @@ async fn greet(
     node: &Arc<Node>,
     stream: &mut Stream,
     transport: Transport,
-) -> Result<(Decoder, DeviceKey, Profile, Session), CloseReason> {
+) -> Result<(Decoder, DeviceKey, Profile, Session, bytes::Bytes), CloseReason> {
     let mut decoder = Decoder::new(node.settings.max_hello_frame_bytes);
     let hello = read_hello(stream, &mut decoder).await?;
     let (key, user) = authenticate(node, &hello)?;
@@ -104,11 +108,7 @@ async fn greet(
     let frame = ServerFrame {
         frame: Some(server_frame::Frame::Welcome(welcome)),
     };
-    stream
-        .write_all(&crate::frame::encode(&frame))
-        .await
-        .map_err(|_| CloseReason::PeerClosed)?;
-    stream.flush().await.map_err(|_| CloseReason::PeerClosed)?;
+    let welcome = crate::frame::encode(&frame);
     decoder.set_limit(settings.max_frame_bytes);
     let link = Arc::new(Link::new(
         id,
@@ -129,7 +129,7 @@ async fn greet(
         report: hello.report,
         acked_seq: hello.acked_seq,
     };
-    Ok((decoder, key, profile, session))
+    Ok((decoder, key, profile, session, welcome))
 }
 
 async fn read_hello(stream: &mut Stream, decoder: &mut Decoder) -> Result<Hello, CloseReason> {
