@@ -58,6 +58,10 @@ pub struct DeviceConfig {
     pub outbound_max_frames: usize,
     /// Outbound queue bound per connection, in bytes. Over it: slow-consumer close.
     pub outbound_max_bytes: usize,
+    /// Kernel send buffer per device socket, in bytes; 0 leaves the kernel's autotuning
+    /// on. Bounding it bounds what a stalled reader can park in kernel memory (several
+    /// MiB per socket otherwise) and makes the outbound cap trip promptly.
+    pub send_buffer_bytes: usize,
     /// Messages written but not yet acked that a connection may have while replaying
     /// a backlog; live pushes beyond it wait in the device's queue.
     pub send_window: usize,
@@ -191,6 +195,7 @@ impl Default for DeviceConfig {
             busy_retry_ms: 2_000,
             outbound_max_frames: 512,
             outbound_max_bytes: 256 * 1024,
+            send_buffer_bytes: 64 * 1024,
             send_window: 100,
             pending_max: 100,
         }

@@ -191,6 +191,11 @@ impl Future for &mut Live {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let this: &mut Live = &mut self;
         this.link.register(cx.waker());
+        // Checked first: a stalled reader always has a frame stuck mid-write, and its
+        // close must not wait for that write.
+        if let Some(reason) = this.link.closing() {
+            return Poll::Ready(reason);
+        }
         for _ in 0..BUDGET {
             let wrote = match this.poll_write(cx) {
                 Ok(progress) => progress,

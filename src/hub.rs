@@ -127,7 +127,8 @@ impl Hub {
         let Some(mut device) = self.devices.get_mut(key) else {
             return Outcome::UnknownDevice;
         };
-        let Some(link) = self.sessions.link(key) else {
+        // A closing link counts as gone: what it has not written is redelivered later.
+        let Some(link) = self.sessions.link(key).filter(|l| !l.is_closing()) else {
             return Outcome::NotDelivered { reason: "offline" };
         };
         let backlog = device.mailbox.has_unsent();

@@ -99,7 +99,12 @@ impl Link {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.outbox.lock().close.is_some()
+        self.closing().is_some()
+    }
+
+    /// The close reason, once a close was requested.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.outbox.lock().close
     }
 
     /// Records that the peer was heard from at `now_ms`.

@@ -40,7 +40,7 @@ pub async fn run(
         match accepted {
             Ok((socket, peer)) => {
                 backoff = MIN_BACKOFF;
-                let _ = socket.set_nodelay(true);
+                prepare(&socket, node.settings.send_buffer_bytes);
                 let node = node.clone();
                 let tls = tls.clone();
                 match node.handshakes.clone().try_acquire_owned() {
@@ -65,6 +65,13 @@ pub async fn run(
                 tracing::debug!(%error, "accept failed");
             }
         }
+    }
+}
+
+fn prepare(socket: &tokio::net::TcpStream, send_buffer_bytes: usize) {
+    let _ = socket.set_nodelay(true);
+    if send_buffer_bytes > 0 {
+        let _ = socket2::SockRef::from(socket).set_send_buffer_size(send_buffer_bytes);
     }
 }
 

@@ -20,8 +20,11 @@ pub struct Mailbox {
     acked: u64,
     sent_upto: u64,
     pending: VecDeque<Pending>,
-    /// Messages dropped at the cap since the device was last told.
+    /// Messages dropped at the cap that the device has not confirmed hearing about.
     missed: u64,
+    /// `sent_upto` when the current link was handed the `Missed` marker. An ack beyond
+    /// it proves the device read the marker (it precedes those messages on the wire).
+    told: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -55,7 +58,10 @@ impl Mailbox {
             self.pending.pop_front();
             dropped += 1;
         }
-        self.missed += dropped as u64;
+        if dropped > 0 {
+            self.missed += dropped as u64;
+            self.told = None;
+        }
         (self.last_seq, dropped)
     }
 
@@ -67,6 +73,10 @@ impl Mailbox {
             return 0;
         }
         self.acked = upto;
+        if self.told.is_some_and(|at| upto > at) {
+            self.missed = 0;
+            self.told = None;
+        }
         let n = self.pending.partition_point(|p| p.seq <= upto);
         self.pending.drain(..n);
         n
@@ -93,6 +103,7 @@ impl Mailbox {
     /// A new link takes over: everything unacked is to be sent again.
     pub fn rewind(&mut self) {
         self.sent_upto = self.acked;
+        self.told = None;
     }
 
     /// True when some message has not been handed to the current link yet.
@@ -130,9 +141,14 @@ impl Mailbox {
         }
     }
 
-    /// The count of dropped messages to report, resetting it.
+    /// The count of dropped messages to tell the current link about, once per link
+    /// (and again after further drops) until the device confirms it by acking.
     pub fn take_missed(&mut self) -> u64 {
-        std::mem::take(&mut self.missed)
+        if self.missed == 0 || self.told.is_some() {
+            return 0;
+        }
+        self.told = Some(self.sent_upto);
+        self.missed
     }
 
     pub fn len(&self) -> usize {
@@ -197,8 +213,31 @@ mod tests {
         }
         assert_eq!(mb.len(), 1000);
         assert_eq!(mb.take_missed(), 5);
-        assert_eq!(mb.take_missed(), 0);
+        assert_eq!(mb.take_missed(), 0, "told once per link");
         assert_eq!(drain(&mut mb, 1)[0].0, 6, "oldest kept is seq 6");
+    }
+
+    #[test]
+    fn the_missed_marker_is_repeated_on_a_new_link_until_an_ack_confirms_it() {
+        let mut mb = Mailbox::default();
+        for i in 0..3 {
+            mb.add(msg(&format!("m{i}")), 2);
+        }
+        assert_eq!(mb.take_missed(), 1);
+        mb.rewind();
+        assert_eq!(
+            mb.take_missed(),
+            1,
+            "the first link died before the device read it"
+        );
+        let sent = drain(&mut mb, 10);
+        mb.ack(sent[0].0);
+        mb.rewind();
+        assert_eq!(
+            mb.take_missed(),
+            0,
+            "confirmed by an ack of a later message"
+        );
     }
 
     #[test]
