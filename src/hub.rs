@@ -20,6 +20,9 @@ use crate::message::Message;
 use crate::proto::device::{DeviceReport, Missed, Platform, ServerFrame, server_frame};
 use crate::session::{DeviceKey, Session, SessionTable};
 
+/// (app, user) -> the ids of devices bound to that user.
+type UserIndex = DashMap<(Arc<str>, Arc<str>), HashSet<Arc<str>>>;
+
 /// Shards per map: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 64;
 
@@ -77,8 +80,7 @@ pub struct Hub {
     pub sessions: SessionTable,
     pub heartbeats: Arc<Heartbeats>,
     devices: DashMap<DeviceKey, Device>,
-    /// (app, user) -> the ids of devices bound to that user.
-    users: DashMap<(Arc<str>, Arc<str>), HashSet<Arc<str>>>,
+    users: UserIndex,
     limits: HubLimits,
 }
 

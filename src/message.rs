@@ -95,7 +95,7 @@ mod tests {
                 body: "b".repeat(300),
                 click_action: String::new(),
             }),
-            data: vec![1, 2, 3].into(),
+            data: vec![1, 2, 3],
             created_at_ms: 5,
             ..Default::default()
         };

@@ -224,11 +224,15 @@ mod tests {
         early.iat = NOW + SKEW_SECS + 1;
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let body = good.split('.').nth(1).unwrap();
+        let mut other = claims();
+        other.sub = "d9".into();
+        let other_token = k.sign(&other);
+        let other_sig = other_token.rsplit('.').next().unwrap();
         let cases = [
             ("garbage", TokenError::Malformed),
             (&format!("{none_header}.{body}."), TokenError::Algorithm),
             (
-                &format!("{}x", &good[..good.len() - 2]),
+                &format!("{}.{other_sig}", &good[..good.rfind('.').unwrap()]),
                 TokenError::Signature,
             ),
             (

@@ -36,7 +36,7 @@ async fn notification_badge_and_silent_arrive_over_tcp_and_tls_and_acks_release_
             PushRequest {
                 message: Some(Message {
                     kind: PushKind::Silent as i32,
-                    data: b"sync:42".to_vec().into(),
+                    data: b"sync:42".to_vec(),
                     ..Default::default()
                 }),
                 ..support::notification(&[id], "")

@@ -37,7 +37,7 @@ async fn stalled_readers_are_closed_as_slow_consumers_and_memory_stays_bounded()
         })),
         message: Some(Message {
             kind: PushKind::Silent as i32,
-            data: vec![7u8; 1024].into(),
+            data: vec![7u8; 1024],
             ..Default::default()
         }),
     };

@@ -136,7 +136,7 @@ fn message(args: &PushArgs) -> Message {
         kind: kind as i32,
         notification,
         badge,
-        data: args.data.clone().into_bytes().into(),
+        data: args.data.clone().into_bytes(),
         collapse_key: args.collapse_key.clone(),
         priority: 0,
         ttl_secs: args.ttl,

@@ -1,1 +1,133 @@
+use std::sync::Arc;
 
+use prost::Message as _;
+
+use super::*;
+use crate::link::Link;
+use crate::proto::device::{Push, ServerFrame, server_frame};
+use crate::session::Transport;
+
+fn hub() -> Hub {
+    let limits = HubLimits {
+        outbound: OutboundLimits {
+            max_frames: 100_000,
+            max_bytes: usize::MAX,
+        },
+        // Wide open: this test is about ordering, the window has its own tests.
+        send_window: 100_000,
+        pending_max: 100_000,
+    };
+    Hub::new(limits, Arc::new(Heartbeats::default()))
+}
+
+fn session(id: u64) -> Session {
+    Session {
+        id,
+        link: Arc::new(Link::new(id, 60_000, 0)),
+        transport: Transport::Tcp,
+        since_ms: 0,
+        heartbeat_secs: 30,
+    }
+}
+
+fn message(i: u64) -> Arc<Message> {
+    Arc::new(Message::new(Push {
+        message_id: format!("m{i}"),
+        ..Default::default()
+    }))
+}
+
+/// The seqs a link was handed, in the order it would write them.
+fn seqs(link: &Link) -> Vec<(u64, bool)> {
+    let mut out = Vec::new();
+    while let Ok(Some(frame)) = link.next() {
+        if let Some(server_frame::Frame::Push(p)) = ServerFrame::decode(&frame[4..]).unwrap().frame
+        {
+            out.push((p.seq, p.redelivery));
+        }
+    }
+    out
+}
+
+/// Pushes race takeovers from other threads. Whatever the interleaving, every link sees
+/// increasing seqs, and the last link (after a final replay) holds every unacked seq.
+#[test]
+fn pushes_racing_takeovers_stay_in_order_on_every_link() {
+    for round in 0..20 {
+        let hub = Arc::new(hub());
+        let key = DeviceKey::new("a", "d");
+        hub.connect(&key, Profile::default(), session(1));
+        let links = Arc::new(parking_lot::Mutex::new(vec![
+            hub.sessions.link(&key).unwrap(),
+        ]));
+        let pusher = {
+            let (hub, key) = (hub.clone(), key.clone());
+            std::thread::spawn(move || {
+                for i in 0..2_000 {
+                    assert!(matches!(
+                        hub.push(&key, &message(i)),
+                        Outcome::Sent { .. } | Outcome::NotDelivered { .. }
+                    ));
+                }
+            })
+        };
+        let taker = {
+            let (hub, key, links) = (hub.clone(), key.clone(), links.clone());
+            std::thread::spawn(move || {
+                for id in 2..50 {
+                    let s = session(id);
+                    links.lock().push(s.link.clone());
+                    hub.connect(&key, Profile::default(), s);
+                    if id % 2 == 0 {
+                        hub.disconnect(&key, id - 1, 0);
+                    }
+                }
+            })
+        };
+        pusher.join().unwrap();
+        taker.join().unwrap();
+        let last = session(1_000);
+        let last_link = last.link.clone();
+        hub.connect(&key, Profile::default(), last);
+        for link in links.lock().iter() {
+            let got = seqs(link);
+            assert!(
+                got.windows(2).all(|w| w[0].0 < w[1].0),
+                "round {round}: out of order"
+            );
+        }
+        let replayed = seqs(&last_link);
+        let expected: Vec<u64> = (1..=replayed.len() as u64).collect();
+        let got: Vec<u64> = replayed.iter().map(|(s, _)| *s).collect();
+        assert_eq!(got.len(), hub.pending(&key), "round {round}");
+        assert_eq!(
+            got,
+            expected[..got.len()].to_vec(),
+            "round {round}: gaps in the replay"
+        );
+    }
+}
+
+#[test]
+fn a_stale_disconnect_leaves_the_new_session_and_its_user_binding() {
+    let hub = hub();
+    let key = DeviceKey::new("a", "d");
+    let profile = Profile {
+        user: Some("u".into()),
+        ..Default::default()
+    };
+    hub.connect(&key, profile.clone(), session(1));
+    hub.connect(&key, profile, session(2));
+    hub.disconnect(&key, 1, 5);
+    assert_eq!(hub.sessions.get(&key).map(|s| s.id), Some(2));
+    let app: Arc<str> = "a".into();
+    assert_eq!(
+        hub.user_devices(&app, "u", Platform::Unspecified),
+        vec![key.clone()]
+    );
+    hub.bind(&key, None);
+    assert!(
+        hub.user_devices(&app, "u", Platform::Unspecified)
+            .is_empty()
+    );
+}

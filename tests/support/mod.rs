@@ -28,8 +28,10 @@ pub async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
 
 /// A configuration on free loopback ports with `dir` as data directory.
 pub fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
     c.device.tcp_addr = "127.0.0.1:0".into();
     c.device.tls_addr = "127.0.0.1:0".into();
     c.router.addr = "127.0.0.1:0".into();
