@@ -460,6 +460,14 @@ mod tests {
         assert_eq!(err.0.len(), 3, "{err}");
     }
 
+    /// The documented example must stay loadable and equal to the defaults.
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("longlink.example.toml");
+        let example = Config::load(Some(&path), []).unwrap();
+        assert_eq!(example.to_toml(), Config::default().to_toml());
+    }
+
     #[test]
     fn unknown_fields_are_refused() {
         let env = [("LONGLINK_HEARTBEAT__MINSECS".to_string(), "5".to_string())];
