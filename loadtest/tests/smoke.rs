@@ -15,8 +15,10 @@ const N: u64 = 20;
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 async fn server(dir: &Path) -> Running {
-    let mut config = Config::default();
-    config.data_dir = dir.join("data");
+    let mut config = Config {
+        data_dir: dir.join("data"),
+        ..Config::default()
+    };
     config.device.tcp_addr = "127.0.0.1:0".into();
     config.device.tls_addr = "127.0.0.1:0".into();
     config.router.addr = "127.0.0.1:0".into();
@@ -87,10 +89,7 @@ fn assert_connected(result: &Value, n: u64) {
     let c = &result["connections"];
     assert_eq!(c["connected"], n, "{c}");
     assert_eq!(c["failed"], 0, "{c}");
-    assert_eq!(
-        result["latency"]["handshake"]["count"].as_u64().unwrap() >= n,
-        true
-    );
+    assert!(result["latency"]["handshake"]["count"].as_u64().unwrap() >= n);
 }
 
 fn assert_delivered(result: &Value, expected: u64) {
