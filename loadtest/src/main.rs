@@ -1,6 +1,6 @@
 //! `longlink-loadtest`: the load generator. The parent parses the command line and runs
 //! a scenario ([`scenario`]), spreading devices over worker processes of this same
-//! binary ([`fleet`], [`worker`]); see the README section "Load testing".
+//! binary ([`fleet`], [`worker`]); see `loadtest/README.md`.
 
 mod cli;
 mod conn;

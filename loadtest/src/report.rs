@@ -177,13 +177,16 @@ fn message_rows(m: &Messages, row: &mut impl FnMut(&str, String)) {
             m.sent, m.received, m.redelivered
         ),
     );
-    row(
-        "rate",
-        format!(
-            "{:.0}/s achieved over {:.1} s",
-            m.achieved_rate_per_sec, m.send_secs
-        ),
-    );
+    // A broadcast is one burst: its figure is the response time below, not a rate.
+    if m.responses_secs.is_none() {
+        row(
+            "rate",
+            format!(
+                "{:.0}/s achieved over {:.1} s",
+                m.achieved_rate_per_sec, m.send_secs
+            ),
+        );
+    }
     if !m.tally.not_sent.is_empty() || !m.tally.errors.is_empty() {
         row(
             "not sent",
