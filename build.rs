@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/longlink/v1/device.proto",
         "proto/longlink/v1/router.proto",
+        "proto/longlink/v1/store.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()

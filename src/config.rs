@@ -25,6 +25,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub drain: DrainConfig,
     pub log: LogConfig,
+    pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
     /// Apps whose devices may connect. When empty, one app `demo` is created with a key
     /// generated into `<data_dir>/apps/demo.key`.
     pub apps: Vec<AppConfig>,
@@ -146,6 +148,29 @@ pub struct LogConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// When stored messages reach the disk: `always` (fsync before a push is answered;
+    /// nothing answered is lost, power loss included), `interval` (fsync every
+    /// `fsync_interval_ms`; a crash of the process loses nothing, a power loss up to that
+    /// interval) or `never` (the OS writes back; a power loss loses what it had not).
+    pub fsync: String,
+    /// Period of the `interval` policy, in milliseconds.
+    pub fsync_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// TTL of pushes that set none, in seconds.
+    pub default_ttl_secs: u32,
+    /// Largest TTL a push may ask for, in seconds; idempotency keys are kept this long.
+    pub max_ttl_secs: u32,
+    /// How often expired messages are purged from memory and disk, in seconds.
+    pub purge_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// App id as apps send it in `Hello.app_id`.
@@ -176,6 +201,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             drain: DrainConfig::default(),
             log: LogConfig::default(),
+            store: StoreConfig::default(),
+            delivery: DeliveryConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -236,6 +263,35 @@ impl Default for DrainConfig {
             grace_secs: 30,
             reconnect_min_ms: 1_000,
             reconnect_max_ms: 60_000,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { fsync: "always".into(), fsync_interval_ms: 100 }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            default_ttl_secs: 86_400,
+            max_ttl_secs: 30 * 86_400,
+            purge_interval_secs: 10,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The policy this section names (validated to be one of the three).
+    pub fn policy(&self) -> crate::store::Fsync {
+        match self.fsync.as_str() {
+            "interval" => crate::store::Fsync::Interval(std::time::Duration::from_millis(
+                self.fsync_interval_ms.max(1),
+            )),
+            "never" => crate::store::Fsync::Never,
+            _ => crate::store::Fsync::Always,
         }
     }
 }
@@ -334,6 +390,16 @@ impl Config {
         if self.drain.reconnect_min_ms > self.drain.reconnect_max_ms {
             errors.push("drain.reconnect_min_ms: must not exceed reconnect_max_ms".into());
         }
+        if !matches!(self.store.fsync.as_str(), "always" | "interval" | "never") {
+            errors.push(format!("store.fsync: `{}` is not always, interval or never", self.store.fsync));
+        }
+        let ttl = &self.delivery;
+        if ttl.default_ttl_secs > ttl.max_ttl_secs {
+            errors.push("delivery.default_ttl_secs: must not exceed max_ttl_secs".into());
+        }
+        if ttl.purge_interval_secs == 0 {
+            errors.push("delivery.purge_interval_secs: must be at least 1".into());
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             errors.push(format!(
                 "log.format: `{}` is neither text nor json",
@@ -344,8 +410,8 @@ impl Config {
             errors.push("tls: cert_file and key_file must be set together".into());
         }
         for (i, app) in self.apps.iter().enumerate() {
-            if app.id.is_empty() || app.id.len() > 64 {
-                errors.push(format!("apps[{i}].id: must be 1 to 64 bytes"));
+            if app.id.is_empty() || app.id.len() > 64 || app.id.contains('\0') {
+                errors.push(format!("apps[{i}].id: must be 1 to 64 bytes, without NUL"));
             }
             if app.key.is_some() == app.key_file.is_some() {
                 errors.push(format!(

@@ -1,11 +1,13 @@
 //! The hub: the device registry, every device's mailbox and the session table, and the
-//! operations that must see them together (connect, push, ack, disconnect).
+//! operations that must see them together (connect, push, ack, disconnect), each of
+//! which also records its change in the store.
 //!
 //! Lock order, everywhere: a device's registry entry, then the session table, then a
 //! link's outbox. Holding the device entry while choosing the link and enqueueing is what
 //! keeps a device's messages in sequence order across takeovers: a push either lands on
 //! the old link before the takeover (and is then redelivered on the new one) or on the
-//! new link after the replay.
+//! new link after the replay. Store writes are enqueued under the same entry, so they
+//! reach the disk in the same order; waiting for them is the caller's business.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,13 +20,19 @@ use crate::link::{Link, OutboundLimits, Sent};
 use crate::mailbox::Mailbox;
 use crate::message::Message;
 use crate::proto::device::{DeviceReport, Missed, Platform, ServerFrame, server_frame};
+use crate::proto::store::{StoredDevice, StoredMessage};
 use crate::session::{DeviceKey, Session, SessionTable};
+use crate::store::record::{self, device_key, message_key};
+use crate::store::{Loaded, Space, Store};
 
 /// (app, user) -> the ids of devices bound to that user.
 type UserIndex = DashMap<(Arc<str>, Arc<str>), HashSet<Arc<str>>>;
 
 /// Shards per map: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 64;
+
+/// Seqs reserved on disk at a time: the registry record is rewritten once per block.
+const SEQ_BLOCK: u64 = 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct HubLimits {
@@ -54,13 +62,29 @@ pub struct Device {
     pub report: Option<Box<DeviceReport>>,
     /// When the device was last heard from while no session was live, Unix ms.
     pub last_seen_ms: i64,
+    /// Seqs up to here may have been given out; kept on disk ahead of use.
+    seq_floor: u64,
     mailbox: Mailbox,
+}
+
+impl Device {
+    fn record(&self) -> StoredDevice {
+        StoredDevice {
+            platform: self.platform,
+            app_version: self.app_version.to_string(),
+            user_id: self.user.as_deref().unwrap_or_default().to_string(),
+            report: self.report.as_deref().cloned(),
+            last_seen_ms: self.last_seen_ms,
+            seq_floor: self.seq_floor,
+        }
+    }
 }
 
 /// The outcome of a push for one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Sent { seq: u64 },
+    Stored { seq: u64 },
     NotDelivered { reason: &'static str },
     UnknownDevice,
 }
@@ -69,6 +93,7 @@ impl Outcome {
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Sent { .. } => "sent",
+            Outcome::Stored { .. } => "stored",
             Outcome::NotDelivered { .. } => "not_delivered",
             Outcome::UnknownDevice => "unknown_device",
         }
@@ -82,17 +107,58 @@ pub struct Hub {
     devices: DashMap<DeviceKey, Device>,
     users: UserIndex,
     limits: HubLimits,
+    store: Arc<Store>,
 }
 
 impl Hub {
-    pub fn new(limits: HubLimits, heartbeats: Arc<Heartbeats>) -> Self {
+    pub fn new(limits: HubLimits, heartbeats: Arc<Heartbeats>, store: Arc<Store>) -> Self {
         Hub {
             sessions: SessionTable::default(),
             heartbeats,
             devices: DashMap::with_shard_amount(SHARDS),
             users: DashMap::with_shard_amount(SHARDS),
             limits,
+            store,
         }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Rebuilds the registry and the mailboxes from what the store kept. Returns how
+    /// many messages were restored.
+    pub fn restore(&self, loaded: &mut Loaded) -> usize {
+        let mut restored = 0;
+        for ((app, id), kept) in std::mem::take(&mut loaded.devices) {
+            let key = DeviceKey::new(&app, &id);
+            let r = kept.record;
+            let mut device = Device {
+                platform: r.platform,
+                app_version: r.app_version.into(),
+                report: r.report.map(Box::new),
+                last_seen_ms: r.last_seen_ms,
+                seq_floor: r.seq_floor,
+                ..Device::default()
+            };
+            for (seq, stored) in kept.messages {
+                match Message::from_body(&stored.body) {
+                    Ok(message) => {
+                        device.mailbox.restore(seq, Arc::new(message), stored.handed);
+                        restored += 1;
+                    }
+                    Err(error) => {
+                        loaded.corrupt += 1;
+                        tracing::warn!(app, device = id, seq, %error, "corrupt message body skipped");
+                    }
+                }
+            }
+            device.mailbox.raise_floor(device.seq_floor);
+            let user = (!r.user_id.is_empty()).then(|| Arc::from(r.user_id.as_str()));
+            self.rebind(&key, &mut device, user);
+            self.devices.insert(key, device);
+        }
+        restored
     }
 
     /// Makes `session` the device's live session: records its profile, closes the session
@@ -106,12 +172,14 @@ impl Hub {
             device.report = Some(Box::new(report));
         }
         self.rebind(key, &mut device, profile.user.map(Arc::from));
-        device.mailbox.resume_after(profile.acked_seq);
+        let released = device.mailbox.resume_after(profile.acked_seq);
+        self.forget(key, &released);
         device.mailbox.rewind();
+        self.persist_device(key, &device);
         if let Some(old) = self.sessions.insert(key.clone(), session) {
             old.link.close(CloseReason::Replaced);
         }
-        self.pump(&mut device, &link);
+        self.pump(key, &mut device, &link);
     }
 
     /// Ends session `session_id` of the device, unless a newer session replaced it.
@@ -120,82 +188,102 @@ impl Hub {
             && self.sessions.remove(key, session_id)
         {
             device.last_seen_ms = now_unix_ms;
+            self.persist_device(key, &device);
         }
     }
 
     /// Delivers `message` to one device: straight to its link when nothing older is
-    /// waiting, otherwise behind the backlog it is replaying.
+    /// waiting, behind the backlog when there is one, into the store when it is offline
+    /// (unless its TTL is 0). The store write is enqueued, not awaited.
     pub fn push(&self, key: &DeviceKey, message: &Arc<Message>) -> Outcome {
         let Some(mut device) = self.devices.get_mut(key) else {
             return Outcome::UnknownDevice;
         };
         // A closing link counts as gone: what it has not written is redelivered later.
-        let Some(link) = self.sessions.link(key).filter(|l| !l.is_closing()) else {
+        let link = self.sessions.link(key).filter(|l| !l.is_closing());
+        if link.is_none() && message.ephemeral {
             return Outcome::NotDelivered { reason: "offline" };
-        };
-        let backlog = device.mailbox.has_unsent();
-        let (seq, dropped) = device.mailbox.add(message.clone(), self.limits.pending_max);
-        count_dropped(dropped);
-        if backlog {
-            self.pump(&mut device, &link);
-        } else {
-            self.send_now(&mut device, &link);
         }
-        Outcome::Sent { seq }
+        let backlog = device.mailbox.has_unsent();
+        let added = device.mailbox.add(message.clone(), self.limits.pending_max);
+        self.forget(key, &added.dropped);
+        self.forget(key, &added.collapsed);
+        count_dropped("pending_cap", added.dropped.len());
+        if added.seq > device.seq_floor {
+            device.seq_floor = added.seq + SEQ_BLOCK;
+            self.persist_device(key, &device);
+        }
+        if !message.ephemeral {
+            let handed = link.is_some() && !backlog;
+            self.persist_message(key, added.seq, message, handed);
+        }
+        let Some(link) = link else {
+            return Outcome::Stored { seq: added.seq };
+        };
+        if backlog {
+            self.pump(key, &mut device, &link);
+        } else {
+            self.send_now(key, &mut device, &link);
+        }
+        Outcome::Sent { seq: added.seq }
     }
 
     /// Releases acked messages and lets a replay continue.
     pub fn ack(&self, key: &DeviceKey, upto: u64, ids: &[String]) -> usize {
-        let Some(mut device) = self.devices.get_mut(key) else {
-            return 0;
-        };
-        let released = device.mailbox.ack(upto) + device.mailbox.ack_ids(ids);
+        let Some(mut device) = self.devices.get_mut(key) else { return 0 };
+        let mut released = device.mailbox.ack(upto);
+        released.extend(device.mailbox.ack_ids(ids));
+        self.forget(key, &released);
         if let Some(link) = self.sessions.link(key) {
-            self.pump(&mut device, &link);
+            self.pump(key, &mut device, &link);
         }
-        released
+        released.len()
     }
 
     /// Binds the device to `user` (or to none), keeping the user index in step.
     pub fn bind(&self, key: &DeviceKey, user: Option<&str>) {
         if let Some(mut device) = self.devices.get_mut(key) {
             self.rebind(key, &mut device, user.map(Arc::from));
+            self.persist_device(key, &device);
         }
     }
 
     pub fn report(&self, key: &DeviceKey, report: DeviceReport) {
         if let Some(mut device) = self.devices.get_mut(key) {
             device.report = Some(Box::new(report));
+            self.persist_device(key, &device);
         }
+    }
+
+    /// Releases every expired message of every device; returns how many.
+    pub fn purge_expired(&self, now_ms: i64) -> usize {
+        let mut purged = 0;
+        for mut entry in self.devices.iter_mut() {
+            let expired = entry.mailbox.purge(now_ms);
+            if !expired.is_empty() {
+                self.forget(entry.key(), &expired);
+                purged += expired.len();
+            }
+        }
+        count_dropped("expired", purged);
+        purged
     }
 
     /// Closes the device's live session for `reason`; false when it has none.
     pub fn kick(&self, key: &DeviceKey, reason: CloseReason) -> bool {
-        self.sessions
-            .link(key)
-            .is_some_and(|link| link.close(reason))
+        self.sessions.link(key).is_some_and(|link| link.close(reason))
     }
 
     /// Devices of `app` bound to `user`, optionally of one platform only.
     pub fn user_devices(&self, app: &Arc<str>, user: &str, platform: Platform) -> Vec<DeviceKey> {
-        let Some(ids) = self
-            .users
-            .get(&(app.clone(), Arc::from(user)))
-            .map(|s| s.clone())
-        else {
+        let Some(ids) = self.users.get(&(app.clone(), Arc::from(user))).map(|s| s.clone()) else {
             return Vec::new();
         };
         ids.into_iter()
-            .map(|device| DeviceKey {
-                app: app.clone(),
-                device,
-            })
+            .map(|device| DeviceKey { app: app.clone(), device })
             .filter(|key| {
                 platform == Platform::Unspecified
-                    || self
-                        .devices
-                        .get(key)
-                        .is_some_and(|d| d.platform == platform as i32)
+                    || self.devices.get(key).is_some_and(|d| d.platform == platform as i32)
             })
             .collect()
     }
@@ -242,45 +330,35 @@ impl Hub {
 
     /// Writes the message just added when nothing older waits: the live path, bounded by
     /// the outbound queue rather than by the send window.
-    fn send_now(&self, device: &mut Device, link: &Link) {
+    fn send_now(&self, key: &DeviceKey, device: &mut Device, link: &Link) {
         self.tell_missed(device, link);
-        let mut expired = 0;
-        if let Some(out) = device
-            .mailbox
-            .next(usize::MAX, crate::clock::unix_ms(), &mut expired)
-        {
+        let mut expired = Vec::new();
+        let now = crate::clock::unix_ms();
+        if let Some(out) = device.mailbox.next(usize::MAX, now, &mut expired) {
             self.write(link, out.message.frame(out.seq, out.redelivery));
         }
-        count_expired(expired);
+        self.expire(key, &expired);
     }
 
     /// Hands the link as much of the backlog as the send window allows, after telling the
     /// device how many messages it missed, if any.
-    fn pump(&self, device: &mut Device, link: &Link) {
+    fn pump(&self, key: &DeviceKey, device: &mut Device, link: &Link) {
         self.tell_missed(device, link);
         let now = crate::clock::unix_ms();
-        let mut expired = 0;
-        while let Some(out) = device
-            .mailbox
-            .next(self.limits.send_window, now, &mut expired)
-        {
+        let mut expired = Vec::new();
+        while let Some(out) = device.mailbox.next(self.limits.send_window, now, &mut expired) {
             if self.write(link, out.message.frame(out.seq, out.redelivery)) != Sent::Queued {
                 break;
             }
         }
-        count_expired(expired);
+        self.expire(key, &expired);
     }
 
     fn tell_missed(&self, device: &mut Device, link: &Link) {
         let count = device.mailbox.take_missed();
         if count > 0 {
             let missed = server_frame::Frame::Missed(Missed { count });
-            self.write(
-                link,
-                crate::frame::encode(&ServerFrame {
-                    frame: Some(missed),
-                }),
-            );
+            self.write(link, crate::frame::encode(&ServerFrame { frame: Some(missed) }));
         }
     }
 
@@ -291,17 +369,38 @@ impl Hub {
         }
         sent
     }
-}
 
-fn count_dropped(n: usize) {
-    if n > 0 {
-        metrics::counter!("longlink_dropped_total", "reason" => "pending_cap").increment(n as u64);
+    fn expire(&self, key: &DeviceKey, seqs: &[u64]) {
+        self.forget(key, seqs);
+        count_dropped("expired", seqs.len());
+    }
+
+    fn persist_device(&self, key: &DeviceKey, device: &Device) {
+        let value = record::encode(&device.record());
+        self.store.put(Space::Devices, device_key(&key.app, &key.device), value);
+    }
+
+    fn persist_message(&self, key: &DeviceKey, seq: u64, message: &Message, handed: bool) {
+        let stored = StoredMessage {
+            body: message.body().to_vec(),
+            expires_at_ms: message.expires_at_ms.unwrap_or(0),
+            handed,
+        };
+        let k = message_key(&key.app, &key.device, seq);
+        self.store.put(Space::Messages, k, record::encode(&stored));
+    }
+
+    /// Deletes these seqs of the device from the store.
+    fn forget(&self, key: &DeviceKey, seqs: &[u64]) {
+        for seq in seqs {
+            self.store.delete(Space::Messages, message_key(&key.app, &key.device, *seq));
+        }
     }
 }
 
-fn count_expired(n: usize) {
+fn count_dropped(reason: &'static str, n: usize) {
     if n > 0 {
-        metrics::counter!("longlink_dropped_total", "reason" => "expired").increment(n as u64);
+        metrics::counter!("longlink_dropped_total", "reason" => reason).increment(n as u64);
     }
 }
 

@@ -4,10 +4,8 @@
 //! Invariants: `pending` is sorted by `seq` and holds only messages with
 //! `acked < seq <= last_seq`; `sent_upto` is the highest seq handed to the current link.
 //! A new connection rewinds `sent_upto` so that every unacked message is sent again,
-//! flagged as a redelivery when an earlier link had it.
-//!
-//! Note: the mailbox lives in memory; a restart loses it. The durable store will keep
-//! the same shape on disk, behind the same operations.
+//! flagged as a redelivery when an earlier link had it. Every operation that removes
+//! messages says which seqs, so that the store can delete the same ones.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -43,34 +41,62 @@ pub struct Outgoing {
     pub redelivery: bool,
 }
 
+/// What [`Mailbox::add`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Added {
+    pub seq: u64,
+    /// Seqs dropped because the mailbox was over its cap (oldest first).
+    pub dropped: Vec<u64>,
+    /// Seqs replaced by the new message's collapse key.
+    pub collapsed: Vec<u64>,
+}
+
 impl Mailbox {
-    /// Adds `message` as the next seq; drops the oldest messages past `cap`. Returns the
-    /// seq given and how many were dropped.
-    pub fn add(&mut self, message: Arc<Message>, cap: usize) -> (u64, usize) {
-        self.last_seq += 1;
-        self.pending.push_back(Pending {
-            seq: self.last_seq,
-            message,
-            handed: false,
-        });
-        let mut dropped = 0;
-        while self.pending.len() > cap {
-            self.pending.pop_front();
-            dropped += 1;
+    /// Adds `message` as the next seq: replaces a pending message with the same collapse
+    /// key, then drops the oldest messages past `cap`.
+    pub fn add(&mut self, message: Arc<Message>, cap: usize) -> Added {
+        let mut added = Added::default();
+        if let Some(key) = &message.collapse {
+            self.pending.retain(|p| {
+                let same = p.message.collapse.as_ref() == Some(key);
+                if same {
+                    added.collapsed.push(p.seq);
+                }
+                !same
+            });
         }
-        if dropped > 0 {
-            self.missed += dropped as u64;
+        self.last_seq += 1;
+        added.seq = self.last_seq;
+        self.pending.push_back(Pending { seq: self.last_seq, message, handed: false });
+        while self.pending.len() > cap {
+            let dropped = self.pending.pop_front().expect("over the cap means not empty");
+            added.dropped.push(dropped.seq);
+        }
+        if !added.dropped.is_empty() {
+            self.missed += added.dropped.len() as u64;
             self.told = None;
         }
-        (self.last_seq, dropped)
+        added
+    }
+
+    /// Puts back a message read from the store (in seq order, at start).
+    pub fn restore(&mut self, seq: u64, message: Arc<Message>, handed: bool) {
+        self.last_seq = self.last_seq.max(seq);
+        self.pending.push_back(Pending { seq, message, handed });
+    }
+
+    /// Raises the next seq above `floor` (a node restarting continues above the seqs it
+    /// may have given out before).
+    pub fn raise_floor(&mut self, floor: u64) {
+        self.last_seq = self.last_seq.max(floor);
     }
 
     /// Releases every message with seq <= `upto`. An ack beyond the last seq given is
-    /// clamped to it. Returns how many were released.
-    pub fn ack(&mut self, upto: u64) -> usize {
+    /// clamped to it. Returns the seqs released.
+    pub fn ack(&mut self, upto: u64) -> Vec<u64> {
         let upto = upto.min(self.last_seq);
         if upto <= self.acked {
-            return 0;
+            return Vec::new();
         }
         self.acked = upto;
         if self.told.is_some_and(|at| upto > at) {
@@ -78,32 +104,41 @@ impl Mailbox {
             self.told = None;
         }
         let n = self.pending.partition_point(|p| p.seq <= upto);
-        self.pending.drain(..n);
-        n
+        self.pending.drain(..n).map(|p| p.seq).collect()
     }
 
     /// Releases the messages with these ids, wherever they are in the queue.
-    pub fn ack_ids(&mut self, ids: &[String]) -> usize {
-        let before = self.pending.len();
-        self.pending
-            .retain(|p| !ids.iter().any(|id| *id == p.message.id));
-        before - self.pending.len()
+    pub fn ack_ids(&mut self, ids: &[String]) -> Vec<u64> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let mut released = Vec::new();
+        self.pending.retain(|p| {
+            let acked = ids.iter().any(|id| *id == p.message.id);
+            if acked {
+                released.push(p.seq);
+            }
+            !acked
+        });
+        released
     }
 
-    /// A device that comes back claiming more than this node gave out (after a restart
-    /// of a node without a store) continues from its own count.
-    pub fn resume_after(&mut self, acked_seq: u64) {
+    /// A device that comes back claiming more than this node gave out (a node that lost
+    /// its store) continues from its own count.
+    pub fn resume_after(&mut self, acked_seq: u64) -> Vec<u64> {
         if acked_seq > self.last_seq {
             self.last_seq = acked_seq;
             self.sent_upto = acked_seq;
         }
-        self.ack(acked_seq);
+        self.ack(acked_seq)
     }
 
-    /// A new link takes over: everything unacked is to be sent again.
+    /// A new link takes over: everything unacked is to be sent again, except TTL-0
+    /// messages, which were for the old link only.
     pub fn rewind(&mut self) {
         self.sent_upto = self.acked;
         self.told = None;
+        self.pending.retain(|p| !p.message.ephemeral);
     }
 
     /// True when some message has not been handed to the current link yet.
@@ -117,8 +152,8 @@ impl Mailbox {
     }
 
     /// The next message to hand to the current link when fewer than `window` are in
-    /// flight. Expired messages are skipped and released; the count is in `expired`.
-    pub fn next(&mut self, window: usize, now_ms: i64, expired: &mut usize) -> Option<Outgoing> {
+    /// flight. Expired messages are skipped and released; their seqs go to `expired`.
+    pub fn next(&mut self, window: usize, now_ms: i64, expired: &mut Vec<u64>) -> Option<Outgoing> {
         loop {
             let at = self.in_flight();
             if at >= window {
@@ -126,19 +161,28 @@ impl Mailbox {
             }
             let p = self.pending.get_mut(at)?;
             if p.message.expires_at_ms.is_some_and(|t| t <= now_ms) {
+                expired.push(p.seq);
                 self.pending.remove(at);
-                *expired += 1;
                 continue;
             }
-            let out = Outgoing {
-                seq: p.seq,
-                message: p.message.clone(),
-                redelivery: p.handed,
-            };
+            let out = Outgoing { seq: p.seq, message: p.message.clone(), redelivery: p.handed };
             p.handed = true;
             self.sent_upto = p.seq;
             return Some(out);
         }
+    }
+
+    /// Releases every expired message; returns their seqs.
+    pub fn purge(&mut self, now_ms: i64) -> Vec<u64> {
+        let mut expired = Vec::new();
+        self.pending.retain(|p| {
+            let gone = p.message.expires_at_ms.is_some_and(|t| t <= now_ms);
+            if gone {
+                expired.push(p.seq);
+            }
+            !gone
+        });
+        expired
     }
 
     /// The count of dropped messages to tell the current link about, once per link
@@ -178,7 +222,7 @@ mod tests {
 
     fn drain(mb: &mut Mailbox, window: usize) -> Vec<(u64, bool)> {
         let mut out = Vec::new();
-        let mut expired = 0;
+        let mut expired = Vec::new();
         while let Some(o) = mb.next(window, 0, &mut expired) {
             out.push((o.seq, o.redelivery));
         }
@@ -259,9 +303,9 @@ mod tests {
     fn acks_beyond_the_last_seq_are_clamped_and_repeats_are_harmless() {
         let mut mb = Mailbox::default();
         mb.add(msg("a"), 10);
-        assert_eq!(mb.ack(99), 1);
-        assert_eq!(mb.ack(1), 0);
-        let (seq, _) = mb.add(msg("b"), 10);
+        assert_eq!(mb.ack(99), vec![1]);
+        assert!(mb.ack(1).is_empty());
+        let seq = mb.add(msg("b"), 10).seq;
         assert_eq!(seq, 2, "a clamped ack must not swallow future seqs");
         assert_eq!(mb.len(), 1);
     }
@@ -278,16 +322,64 @@ mod tests {
         push.message_id = "new".into();
         push.expires_at_ms = 0;
         mb.add(Arc::new(Message::new(push)), 10);
-        let mut expired = 0;
+        let mut expired = Vec::new();
         let out = mb.next(10, 20, &mut expired).unwrap();
-        assert_eq!((out.seq, out.message.id.as_str(), expired), (2, "new", 1));
+        assert_eq!((out.seq, out.message.id.as_str(), expired), (2, "new", vec![1]));
+    }
+
+    #[test]
+    fn collapse_keys_and_badge_keys_replace_the_pending_message() {
+        let mut mb = Mailbox::default();
+        let with = |id: &str, key: &str| {
+            Arc::new(Message::new(Push { message_id: id.into(), collapse_key: key.into(), ..Default::default() }))
+        };
+        let badge = |id: &str, key: &str| {
+            Arc::new(Message::new(Push {
+                message_id: id.into(),
+                kind: crate::proto::device::PushKind::Badge as i32,
+                badge: Some(crate::proto::device::Badge { key: key.into(), change: None }),
+                ..Default::default()
+            }))
+        };
+        mb.add(with("a", "score"), 10);
+        mb.add(badge("b", "inbox"), 10);
+        mb.add(with("c", ""), 10);
+        assert_eq!(mb.add(with("d", "score"), 10).collapsed, vec![1]);
+        assert_eq!(mb.add(badge("e", "inbox"), 10).collapsed, vec![2]);
+        assert!(mb.add(badge("f", "orders"), 10).collapsed.is_empty());
+        let ids: Vec<_> = std::iter::from_fn(|| mb.next(10, 0, &mut Vec::new()))
+            .map(|o| o.message.id.clone())
+            .collect();
+        assert_eq!(ids, ["c", "d", "e", "f"]);
+    }
+
+    #[test]
+    fn ttl_zero_messages_are_never_replayed_on_a_new_link() {
+        let mut mb = Mailbox::default();
+        let push = Push { message_id: "now".into(), ..Default::default() };
+        mb.add(Arc::new(Message::ephemeral(push)), 10);
+        mb.add(msg("kept"), 10);
+        assert_eq!(drain(&mut mb, 10).len(), 2);
+        mb.rewind();
+        assert_eq!(drain(&mut mb, 10), vec![(2, true)]);
+    }
+
+    #[test]
+    fn a_restored_mailbox_continues_above_its_floor() {
+        let mut mb = Mailbox::default();
+        mb.restore(7, msg("a"), true);
+        mb.restore(9, msg("b"), false);
+        mb.raise_floor(1024);
+        assert_eq!(mb.add(msg("c"), 10).seq, 1025);
+        assert_eq!(drain(&mut mb, 10), vec![(7, true), (9, false), (1025, false)]);
+        assert!(mb.ack(8) == vec![7], "acks below the floor still release kept messages");
     }
 
     #[test]
     fn a_device_ahead_of_this_node_keeps_counting_up() {
         let mut mb = Mailbox::default();
         mb.resume_after(57);
-        assert_eq!(mb.add(msg("a"), 10).0, 58);
+        assert_eq!(mb.add(msg("a"), 10).seq, 58);
         assert_eq!(drain(&mut mb, 10), vec![(58, false)]);
     }
 }

@@ -26,6 +26,11 @@ pub struct Message {
     /// Unix milliseconds after which the message must not be delivered; `None` when it
     /// never expires.
     pub expires_at_ms: Option<i64>,
+    /// Pending messages with the same key replace each other: the push's collapse key,
+    /// or `badge:<key>` for badges, which collapse per badge key.
+    pub collapse: Option<String>,
+    /// TTL 0: delivered now, on the link that is live, or never; not stored, not replayed.
+    pub ephemeral: bool,
     /// Encoded `Push` without `seq` and `redelivery`.
     body: Bytes,
 }
@@ -36,12 +41,34 @@ impl Message {
         push.seq = 0;
         push.redelivery = false;
         let expires_at_ms = (push.expires_at_ms > 0).then_some(push.expires_at_ms);
+        let collapse = match (&push.badge, push.kind()) {
+            _ if !push.collapse_key.is_empty() => Some(push.collapse_key.clone()),
+            (Some(badge), PushKind::Badge) => Some(format!("badge:{}", badge.key)),
+            _ => None,
+        };
         Message {
             id: push.message_id.clone(),
             kind: push.kind(),
             expires_at_ms,
+            collapse,
+            ephemeral: false,
             body: push.encode_to_vec().into(),
         }
+    }
+
+    /// A TTL-0 message: for the live link only.
+    pub fn ephemeral(push: Push) -> Self {
+        Message { ephemeral: true, ..Message::new(push) }
+    }
+
+    /// Rebuilds a message from the body kept in the store.
+    pub fn from_body(body: &[u8]) -> Result<Self, prost::DecodeError> {
+        Ok(Message::new(Push::decode(body)?))
+    }
+
+    /// The shared body, as kept in the store.
+    pub fn body(&self) -> &[u8] {
+        &self.body
     }
 
     /// The length-prefixed `ServerFrame` carrying this message as device message `seq`.
@@ -67,11 +94,6 @@ impl Message {
         }
         debug_assert_eq!(buf.len(), PREFIX_LEN + frame_len);
         buf.freeze()
-    }
-
-    /// Bytes of the shared body, for accounting.
-    pub fn body_len(&self) -> usize {
-        self.body.len()
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::apps::Apps;
 use crate::config::{Config, HeartbeatConfig};
 use crate::hub::Hub;
+use crate::requests::Requests;
 
 /// Device-side settings, resolved once from the configuration.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct Settings {
     pub heartbeat: HeartbeatConfig,
     pub reconnect_min_ms: u32,
     pub reconnect_max_ms: u32,
+    pub default_ttl_secs: u32,
+    pub max_ttl_secs: u32,
 }
 
 impl Settings {
@@ -38,6 +41,8 @@ impl Settings {
             heartbeat: config.heartbeat.clone(),
             reconnect_min_ms: config.drain.reconnect_min_ms,
             reconnect_max_ms: config.drain.reconnect_max_ms,
+            default_ttl_secs: config.delivery.default_ttl_secs,
+            max_ttl_secs: config.delivery.max_ttl_secs,
         }
     }
 
@@ -78,6 +83,7 @@ pub fn spread(min: u32, max: u32) -> u32 {
 #[derive(Debug)]
 pub struct Node {
     pub hub: Hub,
+    pub requests: Requests,
     pub apps: RwLock<Arc<Apps>>,
     pub settings: Settings,
     /// Handshakes in progress; a connection that finds none free is told BUSY.
@@ -93,6 +99,7 @@ impl Node {
     pub fn new(hub: Hub, apps: Apps, settings: Settings, max_handshakes: usize) -> Self {
         Node {
             hub,
+            requests: Requests::default(),
             apps: RwLock::new(Arc::new(apps)),
             settings,
             handshakes: Arc::new(Semaphore::new(max_handshakes)),

@@ -13,7 +13,13 @@ mod generated {
             tonic::include_proto!("longlink.router.v1");
         }
     }
+    pub mod store {
+        pub mod v1 {
+            tonic::include_proto!("longlink.store.v1");
+        }
+    }
 }
 
 pub use generated::device::v1 as device;
 pub use generated::router::v1 as router;
+pub use generated::store::v1 as store;

@@ -24,6 +24,7 @@ use crate::hub::{Hub, HubLimits};
 use crate::link::OutboundLimits;
 use crate::node::{Node, Settings};
 use crate::router::{RouterServer, Service, auth::Keys};
+use crate::store::Store;
 
 /// Pending connections the kernel may queue per device listener.
 const BACKLOG: u32 = 4096;
@@ -63,7 +64,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let apps = Apps::load(&config)?;
-    let node = Arc::new(build_node(&config, apps));
+    let store = Arc::new(Store::open(&config.data_dir.join("store"), config.store.policy())?);
+    let node = Arc::new(build_node(&config, apps, store));
+    restore(&node)?;
     let (drain, drain_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
 
@@ -91,6 +94,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     };
     let heartbeats = tokio::spawn(node.hub.heartbeats.clone().run());
+    let every = Duration::from_secs(config.delivery.purge_interval_secs);
+    let purger = tokio::spawn(purge(node.clone(), every));
     let api = tokio::spawn(serve_router(node.clone(), keys, router, stop_rx.clone()));
     let grace = Duration::from_secs(config.drain.grace_secs);
     let done = tokio::spawn(drain_when_asked(
@@ -98,7 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         drain_rx,
         stop,
         grace,
-        heartbeats,
+        vec![heartbeats, purger],
         api,
     ));
     crate::limits::raise_open_files(config.device.max_connections);
@@ -113,7 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-fn build_node(config: &Config, apps: Apps) -> Node {
+fn build_node(config: &Config, apps: Apps, store: Arc<Store>) -> Node {
     let d = &config.device;
     let limits = HubLimits {
         outbound: OutboundLimits {
@@ -123,8 +128,44 @@ fn build_node(config: &Config, apps: Apps) -> Node {
         send_window: d.send_window,
         pending_max: d.pending_max,
     };
-    let hub = Hub::new(limits, Arc::new(Heartbeats::default()));
+    let hub = Hub::new(limits, Arc::new(Heartbeats::default()), store);
     Node::new(hub, apps, Settings::from_config(config), d.max_handshakes)
+}
+
+/// Loads what the store kept into the hub before any listener opens.
+fn restore(node: &Node) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut loaded = node.hub.store().load(crate::clock::unix_ms())?;
+    let messages = node.hub.restore(&mut loaded);
+    let requests = node.requests.restore(std::mem::take(&mut loaded.requests));
+    let level_corrupt = loaded.corrupt;
+    tracing::info!(
+        messages,
+        requests,
+        expired = loaded.expired,
+        corrupt = level_corrupt,
+        took_ms = started.elapsed().as_millis() as u64,
+        "store loaded"
+    );
+    if level_corrupt > 0 {
+        tracing::warn!(corrupt = level_corrupt, "the store had corrupt records; they were skipped");
+    }
+    Ok(())
+}
+
+/// Purges expired messages and idempotency keys every `every`.
+async fn purge(node: Arc<Node>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = crate::clock::unix_ms();
+        let expired = node.hub.purge_expired(now);
+        let requests = node.requests.purge(node.hub.store(), now);
+        if expired + requests > 0 {
+            tracing::debug!(expired, requests, "purged");
+        }
+    }
 }
 
 fn router_keys(config: &Config) -> anyhow::Result<Keys> {
@@ -198,7 +239,7 @@ async fn drain_when_asked(
     mut asked: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     grace: Duration,
-    heartbeats: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
     api: JoinHandle<()>,
 ) {
     let _ = asked.wait_for(|asked| *asked).await;
@@ -223,7 +264,14 @@ async fn drain_when_asked(
             "grace period over; exiting with connections open"
         );
     }
-    heartbeats.abort();
+    for task in background {
+        task.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    // Everything the connections and the router enqueued is on disk before we exit.
+    let flushed = node.hub.store().sync().await.and_then(|()| node.hub.store().persist());
+    if let Err(error) = flushed {
+        tracing::error!(%error, "final store flush failed");
+    }
     tracing::info!("drained");
 }

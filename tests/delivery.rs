@@ -81,23 +81,26 @@ async fn results_distinguish_offline_unknown_and_rejected_devices() {
     let key = DeviceKey::new(APP, "was-here");
     eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
     let long = "x".repeat(129);
-    let response = server
-        .notify(&["was-here", "never-seen", &long, "was-here"], "t")
-        .await;
-    let got: Vec<(Wire, &str)> = response
-        .results
-        .iter()
-        .map(|r| (r.result(), r.reason.as_str()))
-        .collect();
+    let response = server.notify(&["was-here", "never-seen", &long, "was-here"], "t").await;
+    let got: Vec<(Wire, &str)> =
+        response.results.iter().map(|r| (r.result(), r.reason.as_str())).collect();
     assert_eq!(
         got,
         vec![
-            (Wire::NotDelivered, "offline"),
+            (Wire::Stored, ""),
             (Wire::UnknownDevice, "unknown_device"),
             (Wire::Rejected, "invalid_device_id"),
             (Wire::Rejected, "duplicate_device_id"),
         ]
     );
+    assert_eq!(response.results[0].seq, 1);
+    let mut now_or_never = support::notification(&["was-here"], "t");
+    now_or_never.message.as_mut().unwrap().ttl_secs = Some(0);
+    let mut router = server.router().await;
+    let response = router.push(now_or_never).await.unwrap().into_inner();
+    assert_eq!(response.results[0].result(), Wire::NotDelivered);
+    assert_eq!(response.results[0].reason, "offline");
+    assert_eq!(server.node().hub.pending(&key), 1, "TTL 0 is never stored");
     server.stop().await;
 }
 

@@ -7,7 +7,12 @@ use crate::link::Link;
 use crate::proto::device::{Push, ServerFrame, server_frame};
 use crate::session::Transport;
 
+/// A hub over a store in a fresh temporary directory (removed when the guard drops).
 fn hub() -> Hub {
+    hub_in(tempfile::tempdir().unwrap())
+}
+
+fn hub_in(dir: tempfile::TempDir) -> Hub {
     let limits = HubLimits {
         outbound: OutboundLimits {
             max_frames: 100_000,
@@ -17,7 +22,10 @@ fn hub() -> Hub {
         send_window: 100_000,
         pending_max: 100_000,
     };
-    Hub::new(limits, Arc::new(Heartbeats::default()))
+    let store = crate::store::Store::open(dir.path(), crate::store::Fsync::Never).unwrap();
+    // The directory must outlive the store's writer thread: keep it for the test's life.
+    std::mem::forget(dir);
+    Hub::new(limits, Arc::new(Heartbeats::default()), Arc::new(store))
 }
 
 fn session(id: u64) -> Session {

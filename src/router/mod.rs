@@ -61,12 +61,56 @@ fn known_app(node: &Node, app: &str) -> Result<Arc<str>, Status> {
 }
 
 type PushStream = Pin<Box<dyn Stream<Item = Result<PushResponse, Status>> + Send>>;
+type Answering = tokio::task::JoinHandle<Result<PushResponse, Status>>;
+
+/// Serves one PushStream call. Requests are delivered one after the other, in order, so
+/// messages keep their order per device; the waits for durability overlap, so one fsync
+/// answers many requests; answers go back in request order.
+async fn stream_pushes(
+    node: Arc<Node>,
+    access: Access,
+    mut inbound: Streaming<PushRequest>,
+    tx: tokio::sync::mpsc::Sender<Result<PushResponse, Status>>,
+) {
+    let (order, mut answers) = tokio::sync::mpsc::channel::<Answering>(STREAM_BACKLOG);
+    let forward = tokio::spawn(async move {
+        while let Some(answering) = answers.recv().await {
+            let answer = answering.await.unwrap_or_else(|_| Err(Status::internal("push failed")));
+            if tx.send(answer).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(next) = inbound.next().await {
+        let answering = match next {
+            Ok(req) if !access.allows(&req.app_id) => {
+                tokio::spawn(std::future::ready(Err(Status::permission_denied("app_not_allowed"))))
+            }
+            // Idempotent requests take the full path, which waits on their key.
+            Ok(req) if !req.request_id.is_empty() => {
+                let answer = push::push(&node, req).await;
+                tokio::spawn(std::future::ready(answer))
+            }
+            Ok(req) => {
+                let prepared = push::prepare(&node, req);
+                let node = node.clone();
+                tokio::spawn(async move { push::durable(&node, prepared?).await })
+            }
+            Err(status) => tokio::spawn(std::future::ready(Err(status))),
+        };
+        if order.send(answering).await.is_err() {
+            break;
+        }
+    }
+    drop(order);
+    let _ = forward.await;
+}
 
 #[tonic::async_trait]
 impl Router for Service {
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
         authorize(&request, &request.get_ref().app_id)?;
-        push::push(&self.node, request.into_inner()).map(Response::new)
+        push::push(&self.node, request.into_inner()).await.map(Response::new)
     }
 
     type PushStreamStream = PushStream;
@@ -75,27 +119,10 @@ impl Router for Service {
         &self,
         request: Request<Streaming<PushRequest>>,
     ) -> Result<Response<PushStream>, Status> {
-        let access = request
-            .extensions()
-            .get::<Access>()
-            .cloned()
-            .unwrap_or(Access::All);
-        let mut inbound = request.into_inner();
+        let access = request.extensions().get::<Access>().cloned().unwrap_or(Access::All);
+        let inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BACKLOG);
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            while let Some(next) = inbound.next().await {
-                let response = next.and_then(|req| {
-                    if !access.allows(&req.app_id) {
-                        return Err(Status::permission_denied("app_not_allowed"));
-                    }
-                    push::push(&node, req)
-                });
-                if tx.send(response).await.is_err() {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(stream_pushes(self.node.clone(), access, inbound, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

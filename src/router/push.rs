@@ -1,4 +1,6 @@
-//! `Push`: checks a request whole, then delivers it to each target device.
+//! `Push`: checks a request whole, hands the message to each target device, and answers
+//! once everything it stored is durable. A request id seen before returns the first
+//! answer and delivers nothing.
 
 use std::sync::Arc;
 
@@ -9,13 +11,51 @@ use crate::message::{self, Message};
 use crate::node::Node;
 use crate::proto::device::{self as device, PushKind};
 use crate::proto::router::{DeviceResult, PushRequest, PushResponse, Result as Wire, push_request};
+use crate::requests::Answer;
 use crate::session::DeviceKey;
 
 /// Most devices one request may name.
 pub const MAX_DEVICES: usize = 1000;
 
-pub fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Status> {
+pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Status> {
+    if request.request_id.is_empty() {
+        let response = prepare(node, request)?;
+        return durable(node, response).await;
+    }
     let app = super::known_app(node, &request.app_id)?;
+    if request.request_id.len() > 128 || request.request_id.contains('\0') {
+        return Err(Status::invalid_argument("bad_request_id: 1 to 128 bytes, without NUL"));
+    }
+    let id = request.request_id.clone();
+    let mut slot = node.requests.slot(&app, &id).await;
+    if let Some(first) = slot.as_ref() {
+        metrics::counter!("longlink_pushes_total", "result" => "idempotent_replay").increment(1);
+        return Ok(first.response.clone());
+    }
+    let response = deliver(node, &app, request)?;
+    let retention = node.settings.max_ttl_secs as i64 * 1000;
+    let answer = Answer { expires_at_ms: crate::clock::unix_ms() + retention, response };
+    node.requests.remember(&mut slot, node.hub.store(), &app, &id, answer.clone());
+    durable(node, answer.response).await
+}
+
+/// Delivers a request without a request id; the answer is not final until [`durable`].
+pub fn prepare(node: &Node, request: PushRequest) -> Result<PushResponse, Status> {
+    let app = super::known_app(node, &request.app_id)?;
+    deliver(node, &app, request)
+}
+
+/// Waits until every store write enqueued so far is durable, then answers.
+pub async fn durable(node: &Node, response: PushResponse) -> Result<PushResponse, Status> {
+    node.hub.store().sync().await.map_err(|e| {
+        tracing::error!(error = %e, "push not answered: store write failed");
+        Status::unavailable(format!("store_unavailable: {e}"))
+    })?;
+    Ok(response)
+}
+
+/// Checks the request and hands the message to every target; does not wait for the store.
+fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResponse, Status> {
     let message = Arc::new(build(node, &request)?);
     let results = match request.target {
         Some(push_request::Target::Devices(devices)) => {
@@ -25,23 +65,18 @@ pub fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Status> {
                     devices.device_ids.len()
                 )));
             }
-            to_devices(node, &app, devices.device_ids, &message)
+            to_devices(node, app, devices.device_ids, &message)
         }
         Some(push_request::Target::User(user)) => {
             if user.user_id.is_empty() {
                 return Err(Status::invalid_argument("bad_target: user_id is empty"));
             }
-            let keys = node.hub.user_devices(&app, &user.user_id, user.platform());
-            keys.into_iter()
-                .map(|key| deliver(node, key, &message))
-                .collect()
+            let keys = node.hub.user_devices(app, &user.user_id, user.platform());
+            keys.into_iter().map(|key| to_one(node, key, &message)).collect()
         }
         None => return Err(Status::invalid_argument("bad_target: no target")),
     };
-    Ok(PushResponse {
-        message_id: message.id.clone(),
-        results,
-    })
+    Ok(PushResponse { message_id: message.id.clone(), results })
 }
 
 fn to_devices(
@@ -53,58 +88,32 @@ fn to_devices(
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     ids.into_iter()
         .map(|id| {
-            if id.is_empty() || id.len() > 128 {
+            if id.is_empty() || id.len() > 128 || id.contains('\0') {
                 return rejected(id, "invalid_device_id");
             }
             if !seen.insert(id.clone()) {
                 return rejected(id, "duplicate_device_id");
             }
-            deliver(
-                node,
-                DeviceKey {
-                    app: app.clone(),
-                    device: id.into(),
-                },
-                message,
-            )
+            to_one(node, DeviceKey { app: app.clone(), device: id.into() }, message)
         })
         .collect()
 }
 
-fn deliver(node: &Node, key: DeviceKey, message: &Arc<Message>) -> DeviceResult {
+fn to_one(node: &Node, key: DeviceKey, message: &Arc<Message>) -> DeviceResult {
     let outcome = node.hub.push(&key, message);
     metrics::counter!("longlink_pushes_total", "result" => outcome.label()).increment(1);
-    let device_id = key.device.to_string();
-    match outcome {
-        Outcome::Sent { seq } => DeviceResult {
-            device_id,
-            result: Wire::Sent as i32,
-            seq,
-            reason: String::new(),
-        },
-        Outcome::NotDelivered { reason } => DeviceResult {
-            device_id,
-            result: Wire::NotDelivered as i32,
-            seq: 0,
-            reason: reason.into(),
-        },
-        Outcome::UnknownDevice => DeviceResult {
-            device_id,
-            result: Wire::UnknownDevice as i32,
-            seq: 0,
-            reason: "unknown_device".into(),
-        },
-    }
+    let (result, seq, reason) = match outcome {
+        Outcome::Sent { seq } => (Wire::Sent, seq, ""),
+        Outcome::Stored { seq } => (Wire::Stored, seq, ""),
+        Outcome::NotDelivered { reason } => (Wire::NotDelivered, 0, reason),
+        Outcome::UnknownDevice => (Wire::UnknownDevice, 0, "unknown_device"),
+    };
+    DeviceResult { device_id: key.device.to_string(), result: result as i32, seq, reason: reason.into() }
 }
 
 fn rejected(device_id: String, reason: &str) -> DeviceResult {
     metrics::counter!("longlink_pushes_total", "result" => "rejected").increment(1);
-    DeviceResult {
-        device_id,
-        result: Wire::Rejected as i32,
-        seq: 0,
-        reason: reason.into(),
-    }
+    DeviceResult { device_id, result: Wire::Rejected as i32, seq: 0, reason: reason.into() }
 }
 
 /// Checks the message of `request` and turns it into the shared, encoded form.
@@ -114,27 +123,8 @@ fn build(node: &Node, request: &PushRequest) -> Result<Message, Status> {
         .as_ref()
         .ok_or_else(|| Status::invalid_argument("bad_message: no message"))?;
     let kind = content.kind();
-    match kind {
-        PushKind::Unspecified => {
-            return Err(Status::invalid_argument("bad_message: kind is unset"));
-        }
-        PushKind::Notification if content.notification.is_none() => {
-            return Err(Status::invalid_argument(
-                "bad_message: a notification needs notification fields",
-            ));
-        }
-        PushKind::Badge if content.badge.as_ref().is_none_or(|b| b.change.is_none()) => {
-            return Err(Status::invalid_argument(
-                "bad_message: a badge needs badge.set or badge.add",
-            ));
-        }
-        _ => {}
-    }
-    let text = content
-        .notification
-        .as_ref()
-        .map(|n| n.title.len() + n.body.len())
-        .unwrap_or(0);
+    check_kind(kind, content)?;
+    let text = content.notification.as_ref().map(|n| n.title.len() + n.body.len()).unwrap_or(0);
     let size = text + content.data.len();
     let limit = node.settings.max_payload_bytes;
     if size > limit {
@@ -143,17 +133,15 @@ fn build(node: &Node, request: &PushRequest) -> Result<Message, Status> {
             "payload_too_large: {size} bytes of title, body and data; the limit is {limit}"
         )));
     }
-    if request.request_id.len() > 128 {
-        return Err(Status::invalid_argument(
-            "bad_request_id: longer than 128 bytes",
-        ));
+    let ttl = content.ttl_secs.unwrap_or(node.settings.default_ttl_secs);
+    if ttl > node.settings.max_ttl_secs {
+        return Err(Status::invalid_argument(format!(
+            "bad_ttl: {ttl} s is over the maximum of {} s",
+            node.settings.max_ttl_secs
+        )));
     }
     let now = crate::clock::unix_ms();
-    let expires_at_ms = match content.ttl_secs {
-        Some(ttl) if ttl > 0 => now + ttl as i64 * 1000,
-        _ => 0,
-    };
-    Ok(Message::new(device::Push {
+    let push = device::Push {
         message_id: message::new_id(now),
         kind: kind as i32,
         notification: content.notification.clone(),
@@ -161,8 +149,23 @@ fn build(node: &Node, request: &PushRequest) -> Result<Message, Status> {
         data: content.data.clone(),
         collapse_key: content.collapse_key.clone(),
         created_at_ms: now,
-        expires_at_ms,
+        expires_at_ms: if ttl == 0 { 0 } else { now + ttl as i64 * 1000 },
         priority: content.priority,
         ..Default::default()
-    }))
+    };
+    Ok(if ttl == 0 { Message::ephemeral(push) } else { Message::new(push) })
+}
+
+fn check_kind(kind: PushKind, content: &crate::proto::router::Message) -> Result<(), Status> {
+    let problem = match kind {
+        PushKind::Unspecified => "kind is unset",
+        PushKind::Notification if content.notification.is_none() => {
+            "a notification needs notification fields"
+        }
+        PushKind::Badge if content.badge.as_ref().is_none_or(|b| b.change.is_none()) => {
+            "a badge needs badge.set or badge.add"
+        }
+        _ => return Ok(()),
+    };
+    Err(Status::invalid_argument(format!("bad_message: {problem}")))
 }

@@ -1,0 +1,82 @@
+//! Idempotency keys: the first answer to a push that carried a request id, kept (in
+//! memory and in the store) for the retention window, so that a retry returns it and
+//! delivers nothing twice.
+//!
+//! Each key has its own async lock: a retry that arrives while the first attempt is
+//! still running waits for it and then returns its answer.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use prost::Message as _;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::proto::router::PushResponse;
+use crate::proto::store::StoredRequest;
+use crate::store::record::{self, device_key};
+use crate::store::{Space, Store};
+
+/// The first answer to a request id, and until when it is kept (Unix ms).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub expires_at_ms: i64,
+    pub response: PushResponse,
+}
+
+pub type Slot = OwnedMutexGuard<Option<Answer>>;
+
+#[derive(Debug, Default)]
+pub struct Requests {
+    slots: DashMap<(Arc<str>, String), Arc<Mutex<Option<Answer>>>>,
+}
+
+impl Requests {
+    /// Puts back the answers the store kept.
+    pub fn restore(&self, kept: Vec<(String, String, StoredRequest)>) -> usize {
+        let mut n = 0;
+        for (app, id, stored) in kept {
+            if let Ok(response) = PushResponse::decode(stored.response.as_slice()) {
+                let answer = Answer { expires_at_ms: stored.expires_at_ms, response };
+                self.slots.insert((app.into(), id), Arc::new(Mutex::new(Some(answer))));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The locked slot of `id`: holds the first answer when there was one.
+    pub async fn slot(&self, app: &Arc<str>, id: &str) -> Slot {
+        let lock = self.slots.entry((app.clone(), id.to_string())).or_default().clone();
+        lock.lock_owned().await
+    }
+
+    /// Records `response` as the answer of `id` in its slot and enqueues it for the store.
+    pub fn remember(&self, slot: &mut Slot, store: &Store, app: &str, id: &str, answer: Answer) {
+        let stored = StoredRequest {
+            expires_at_ms: answer.expires_at_ms,
+            response: answer.response.encode_to_vec(),
+        };
+        store.put(Space::Requests, device_key(app, id), record::encode(&stored));
+        **slot = Some(answer);
+    }
+
+    /// Forgets answers past their retention; returns how many.
+    pub fn purge(&self, store: &Store, now_ms: i64) -> usize {
+        let mut gone = Vec::new();
+        self.slots.retain(|(app, id), slot| {
+            let expired = slot
+                .try_lock()
+                .map(|a| a.as_ref().is_some_and(|a| a.expires_at_ms <= now_ms))
+                .unwrap_or(false);
+            if expired {
+                gone.push(device_key(app, id));
+            }
+            !expired
+        });
+        let n = gone.len();
+        for key in gone {
+            store.delete(Space::Requests, key);
+        }
+        n
+    }
+}

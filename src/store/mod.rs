@@ -1,0 +1,221 @@
+//! The durable store: messages kept per device, the device registry and idempotency
+//! keys, in an embedded LSM store (fjall) under `<data_dir>/store`.
+//!
+//! All writes go through one writer thread, in the order they were enqueued, and are
+//! group-committed: the thread takes every operation waiting, writes them as one atomic
+//! batch, and, under the `always` policy, fsyncs before it answers anyone waiting. Callers
+//! enqueue while holding the device's registry entry (so a device's writes keep their
+//! order) and wait, outside any lock, on a [`Store::sync`] barrier: one fsync covers every
+//! push that arrived meanwhile. Reads happen once, at start ([`Store::load`]).
+
+mod load;
+pub mod record;
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tokio::sync::oneshot;
+
+pub use load::{Loaded, LoadedDevice};
+
+/// Operations per batch at most, so one commit stays short.
+const MAX_BATCH: usize = 8_192;
+
+/// When the writer makes data durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// fsync before answering any waiting push: nothing answered is lost, power loss included.
+    Always,
+    /// fsync at most every interval: a process crash loses nothing (the data is in the
+    /// OS), a power loss up to the interval.
+    Interval(Duration),
+    /// Leave it to the OS: a process crash loses nothing, a power loss what the OS had not
+    /// written back (typically up to 30 s).
+    Never,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Engine(#[from] fjall::Error),
+    #[error("store writer has stopped")]
+    Stopped,
+}
+
+enum Op {
+    Put(Space, Vec<u8>, Vec<u8>),
+    Delete(Space, Vec<u8>),
+    /// Answered once everything enqueued before it is durable (per the policy).
+    Barrier(oneshot::Sender<Result<(), String>>),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Space {
+    Messages,
+    Devices,
+    Requests,
+}
+
+#[derive(Clone)]
+struct Spaces {
+    messages: Keyspace,
+    devices: Keyspace,
+    requests: Keyspace,
+}
+
+impl Spaces {
+    fn get(&self, space: Space) -> &Keyspace {
+        match space {
+            Space::Messages => &self.messages,
+            Space::Devices => &self.devices,
+            Space::Requests => &self.requests,
+        }
+    }
+}
+
+pub struct Store {
+    db: Database,
+    spaces: Spaces,
+    tx: mpsc::Sender<Op>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    pub fn open(dir: &Path, fsync: Fsync) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(fjall::Error::from)?;
+        let db = Database::builder(dir).open()?;
+        let spaces = Spaces {
+            messages: db.keyspace("messages", KeyspaceCreateOptions::default)?,
+            devices: db.keyspace("devices", KeyspaceCreateOptions::default)?,
+            requests: db.keyspace("requests", KeyspaceCreateOptions::default)?,
+        };
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer { db: db.clone(), spaces: spaces.clone(), fsync, rx };
+        std::thread::Builder::new()
+            .name("longlink-store".into())
+            .spawn(move || writer.run())
+            .map_err(fjall::Error::from)?;
+        Ok(Store { db, spaces, tx })
+    }
+
+    pub fn put(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        let _ = self.tx.send(Op::Put(space, key, value));
+    }
+
+    pub fn delete(&self, space: Space, key: Vec<u8>) {
+        let _ = self.tx.send(Op::Delete(space, key));
+    }
+
+    /// Resolves once every write enqueued before the call is committed (and, under
+    /// `Fsync::Always`, on disk).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Op::Barrier(done)).map_err(|_| StoreError::Stopped)?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Engine(fjall::Error::from(std::io::Error::other(e)))),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// Forces everything written so far onto disk (drain, shutdown).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+}
+
+struct Writer {
+    db: Database,
+    spaces: Spaces,
+    fsync: Fsync,
+    rx: mpsc::Receiver<Op>,
+}
+
+impl Writer {
+    fn run(self) {
+        let mut last_sync = Instant::now();
+        loop {
+            let first = match self.next_op(last_sync) {
+                Ok(Some(op)) => op,
+                Ok(None) => {
+                    self.sync_now(&mut last_sync);
+                    continue;
+                }
+                Err(()) => break,
+            };
+            let mut ops = vec![first];
+            while ops.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit(ops, &mut last_sync);
+        }
+        let _ = self.db.persist(PersistMode::SyncAll);
+    }
+
+    /// The next operation; `None` when an interval fsync is due first; `Err` when every
+    /// sender is gone.
+    fn next_op(&self, last_sync: Instant) -> Result<Option<Op>, ()> {
+        match self.fsync {
+            Fsync::Interval(every) => {
+                let left = every.saturating_sub(last_sync.elapsed());
+                match self.rx.recv_timeout(left) {
+                    Ok(op) => Ok(Some(op)),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                }
+            }
+            _ => self.rx.recv().map(Some).map_err(|_| ()),
+        }
+    }
+
+    fn commit(&self, ops: Vec<Op>, last_sync: &mut Instant) {
+        let mut batch = self.db.batch();
+        let mut waiters = Vec::new();
+        let mut writes = 0;
+        for op in ops {
+            match op {
+                Op::Put(space, key, value) => {
+                    batch.insert(self.spaces.get(space), key, value);
+                    writes += 1;
+                }
+                Op::Delete(space, key) => {
+                    batch.remove(self.spaces.get(space), key);
+                    writes += 1;
+                }
+                Op::Barrier(done) => waiters.push(done),
+            }
+        }
+        let mut result = if writes > 0 { batch.commit().map_err(|e| e.to_string()) } else { Ok(()) };
+        if result.is_ok() && self.fsync == Fsync::Always && !waiters.is_empty() {
+            result = self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string());
+            *last_sync = Instant::now();
+        }
+        if let Err(error) = &result {
+            metrics::counter!("longlink_store_errors_total").increment(1);
+            tracing::error!(%error, writes, "store commit failed");
+        }
+        metrics::counter!("longlink_store_commits_total").increment(1);
+        metrics::counter!("longlink_store_writes_total").increment(writes as u64);
+        for done in waiters {
+            let _ = done.send(result.clone());
+        }
+    }
+
+    fn sync_now(&self, last_sync: &mut Instant) {
+        if let Err(error) = self.db.persist(PersistMode::SyncAll) {
+            tracing::error!(%error, "store fsync failed");
+        }
+        *last_sync = Instant::now();
+    }
+}
