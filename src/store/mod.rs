@@ -79,6 +79,7 @@ pub struct Store {
     db: Database,
     spaces: Spaces,
     tx: mpsc::Sender<Op>,
+    writer: std::thread::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -99,11 +100,11 @@ impl Store {
         };
         let (tx, rx) = mpsc::channel();
         let writer = Writer { db: db.clone(), spaces: spaces.clone(), fsync, rx };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("longlink-store".into())
             .spawn(move || writer.run())
             .map_err(fjall::Error::from)?;
-        Ok(Store { db, spaces, tx })
+        Ok(Store { db, spaces, tx, writer })
     }
 
     pub fn put(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
@@ -129,6 +130,15 @@ impl Store {
     /// Forces everything written so far onto disk (drain, shutdown).
     pub fn persist(&self) -> Result<(), StoreError> {
         Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+
+    /// Stops the writer after it wrote everything enqueued, and closes the store.
+    pub fn close(self) {
+        let Store { db, spaces, tx, writer } = self;
+        drop(tx);
+        let _ = writer.join();
+        drop(spaces);
+        drop(db);
     }
 }
 
