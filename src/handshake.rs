@@ -198,6 +198,7 @@ fn authenticate(node: &Node, hello: &Hello) -> Result<(DeviceKey, Option<String>
 fn valid_hello(hello: &Hello) -> bool {
     let report_ok = hello.report.as_ref().is_none_or(valid_report);
     (1..=128).contains(&hello.device_id.len())
+        && !hello.device_id.contains('\0')
         && hello.app_version.len() <= 32
         && !hello.token.is_empty()
         && report_ok
