@@ -91,10 +91,12 @@ async fn bad_hello_fields_are_refused_with_their_codes() {
         refused_with(&server, hello("ghost-app", "d1", &token, 0)).await,
         ErrorCode::UnknownApp
     );
-    assert_eq!(
-        refused_with(&server, hello(APP, "", &token, 0)).await,
-        ErrorCode::InvalidHello
-    );
+    assert_eq!(refused_with(&server, hello(APP, "", &token, 0)).await, ErrorCode::InvalidHello);
+    let nul = server.token("a\0b");
+    assert_eq!(refused_with(&server, hello(APP, "a\0b", &nul, 0)).await, ErrorCode::InvalidHello);
+    let long = "x".repeat(129);
+    let token = server.token(&long);
+    assert_eq!(refused_with(&server, hello(APP, &long, &token, 0)).await, ErrorCode::InvalidHello);
     server.stop().await;
 }
 
