@@ -73,11 +73,7 @@ fn route(node: &Node, method: &str, path: &str) -> (&'static str, &'static str, 
         "/readyz" => ("200 OK", TEXT, "ready\n".into()),
         "/metrics" => match crate::telemetry::prometheus() {
             Some(handle) => ("200 OK", "text/plain; version=0.0.4", handle.render()),
-            None => (
-                "503 Service Unavailable",
-                TEXT,
-                "metrics recorder unavailable\n".into(),
-            ),
+            None => ("503 Service Unavailable", TEXT, "metrics recorder unavailable\n".into()),
         },
         _ => ("404 Not Found", TEXT, "not found\n".into()),
     }

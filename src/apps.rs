@@ -36,19 +36,14 @@ impl Apps {
                 (None, Some(file)) => read_secret(file)?,
                 (None, None) => unreachable!("validated: one of key and key_file is set"),
             };
-            keys.insert(
-                Arc::from(app.id.as_str()),
-                AppKey::hs256(secret.into_bytes()),
-            );
+            keys.insert(Arc::from(app.id.as_str()), AppKey::hs256(secret.into_bytes()));
         }
         Ok(Apps { keys })
     }
 
     /// The interned id and key of `app`, if configured.
     pub fn get(&self, app: &str) -> Option<(Arc<str>, &AppKey)> {
-        self.keys
-            .get_key_value(app)
-            .map(|(id, key)| (id.clone(), key))
+        self.keys.get_key_value(app).map(|(id, key)| (id.clone(), key))
     }
 
     pub fn ids(&self) -> impl Iterator<Item = &str> {
@@ -76,9 +71,7 @@ fn read_or_create_key(path: &Path) -> anyhow::Result<String> {
     }
     let dir = path.parent().expect("key paths have a parent");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let secret: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
+    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

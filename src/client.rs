@@ -39,15 +39,11 @@ pub enum ClientError {
 }
 
 fn code_name(code: i32) -> &'static str {
-    crate::proto::device::ErrorCode::try_from(code)
-        .map(|c| c.as_str_name())
-        .unwrap_or("UNKNOWN")
+    crate::proto::device::ErrorCode::try_from(code).map(|c| c.as_str_name()).unwrap_or("UNKNOWN")
 }
 
 fn kick_name(reason: i32) -> &'static str {
-    crate::proto::device::KickReason::try_from(reason)
-        .map(|r| r.as_str_name())
-        .unwrap_or("UNKNOWN")
+    crate::proto::device::KickReason::try_from(reason).map(|r| r.as_str_name()).unwrap_or("UNKNOWN")
 }
 
 /// Where and how to connect.
@@ -96,26 +92,18 @@ impl Device {
         let stream = match &endpoint.tls {
             None => Either::Tcp(socket),
             Some((config, name)) => {
-                let tls = TlsConnector::from(config.clone())
-                    .connect(name.clone(), socket)
-                    .await?;
+                let tls = TlsConnector::from(config.clone()).connect(name.clone(), socket).await?;
                 Either::Tls(Box::new(tls))
             }
         };
-        Ok(Device {
-            stream,
-            decoder: Decoder::new(MAX_FRAME),
-            frames: VecDeque::new(),
-        })
+        Ok(Device { stream, decoder: Decoder::new(MAX_FRAME), frames: VecDeque::new() })
     }
 
     /// Sends `hello` and waits for `Welcome`.
     pub async fn hello(&mut self, hello: Hello) -> Result<Welcome, ClientError> {
         self.send(client_frame::Frame::Hello(hello)).await?;
         match self.recv().await? {
-            ServerFrame {
-                frame: Some(server_frame::Frame::Welcome(w)),
-            } => Ok(w),
+            ServerFrame { frame: Some(server_frame::Frame::Welcome(w)) } => Ok(w),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -132,17 +120,12 @@ impl Device {
     }
 
     pub async fn ack(&mut self, seq: u64) -> io::Result<()> {
-        self.send(client_frame::Frame::Ack(Ack {
-            seq,
-            ..Default::default()
-        }))
-        .await
+        self.send(client_frame::Frame::Ack(Ack { seq, ..Default::default() })).await
     }
 
     pub async fn ping(&mut self) -> io::Result<()> {
         let client_time_ms = crate::clock::unix_ms();
-        self.send(client_frame::Frame::Ping(Ping { client_time_ms }))
-            .await
+        self.send(client_frame::Frame::Ping(Ping { client_time_ms })).await
     }
 
     /// The next frame. `Error` and `Kick` frames come back as errors, since the server
@@ -217,16 +200,10 @@ mod tests {
         let (base, cap) = (500, 30_000);
         for attempt in 0..12 {
             let samples: Vec<u64> = (0..1000).map(|_| backoff_ms(attempt, base, cap)).collect();
-            let (min, max) = (
-                *samples.iter().min().unwrap(),
-                *samples.iter().max().unwrap(),
-            );
+            let (min, max) = (*samples.iter().min().unwrap(), *samples.iter().max().unwrap());
             let ceiling = (base << attempt).min(cap);
             assert!(max <= ceiling);
-            assert!(
-                max - min >= ceiling / 2,
-                "attempt {attempt}: spread {min}..{max}"
-            );
+            assert!(max - min >= ceiling / 2, "attempt {attempt}: spread {min}..{max}");
         }
     }
 }

@@ -145,11 +145,7 @@ fn error(reason: CloseReason) -> ErrorFrame {
         Refused { retry_after_ms } => (ErrorCode::Draining, retry_after_ms),
         _ => (ErrorCode::Unspecified, 0),
     };
-    ErrorFrame {
-        code: code as i32,
-        message: reason.label().to_string(),
-        retry_after_ms,
-    }
+    ErrorFrame { code: code as i32, message: reason.label().to_string(), retry_after_ms }
 }
 
 #[cfg(test)]
@@ -180,12 +176,8 @@ mod tests {
             CloseReason::HeartbeatTimeout,
             CloseReason::Replaced,
             CloseReason::SlowConsumer,
-            CloseReason::Operator {
-                reconnect_after_ms: None,
-            },
-            CloseReason::Draining {
-                reconnect_after_ms: 5,
-            },
+            CloseReason::Operator { reconnect_after_ms: None },
+            CloseReason::Draining { reconnect_after_ms: 5 },
         ];
         let mut seen = std::collections::HashSet::new();
         for reason in reasons {
@@ -201,10 +193,7 @@ mod tests {
                 other => panic!("{reason:?} maps to {other:?}"),
             };
             assert!(seen.insert(key), "{reason:?} shares its wire code");
-            assert!(
-                seen.insert(reason.label().to_string()),
-                "{reason:?} shares its label"
-            );
+            assert!(seen.insert(reason.label().to_string()), "{reason:?} shares its label");
         }
     }
 

@@ -231,39 +231,25 @@ impl Default for DeviceConfig {
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
-        HeartbeatConfig {
-            min_secs: 30,
-            max_secs: 600,
-            default_secs: 180,
-            timeout_factor: 1.5,
-        }
+        HeartbeatConfig { min_secs: 30, max_secs: 600, default_secs: 180, timeout_factor: 1.5 }
     }
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig {
-            addr: "127.0.0.1:7101".into(),
-            keys: Vec::new(),
-        }
+        RouterConfig { addr: "127.0.0.1:7101".into(), keys: Vec::new() }
     }
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            addr: "127.0.0.1:7102".into(),
-        }
+        AdminConfig { addr: "127.0.0.1:7102".into() }
     }
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        DrainConfig {
-            grace_secs: 30,
-            reconnect_min_ms: 1_000,
-            reconnect_max_ms: 60_000,
-        }
+        DrainConfig { grace_secs: 30, reconnect_min_ms: 1_000, reconnect_max_ms: 60_000 }
     }
 }
 
@@ -298,10 +284,7 @@ impl StoreConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: "text".into(),
-            filter: "info".into(),
-        }
+        LogConfig { format: "text".into(), filter: "info".into() }
     }
 }
 
@@ -329,11 +312,7 @@ impl Config {
             }
         };
         errors.extend(config.problems());
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError(errors))
-        }
+        if errors.is_empty() { Ok(config) } else { Err(ConfigError(errors)) }
     }
 
     /// The effective configuration as TOML, secrets redacted.
@@ -345,9 +324,7 @@ impl Config {
         let mut errors = Vec::new();
         let mut addr = |name: &str, value: &str, optional: bool| {
             if !(optional && value.is_empty()) && value.parse::<SocketAddr>().is_err() {
-                errors.push(format!(
-                    "{name}: `{value}` is not an address such as 127.0.0.1:7100"
-                ));
+                errors.push(format!("{name}: `{value}` is not an address such as 127.0.0.1:7100"));
             }
         };
         addr("device.tcp_addr", &self.device.tcp_addr, true);
@@ -391,7 +368,10 @@ impl Config {
             errors.push("drain.reconnect_min_ms: must not exceed reconnect_max_ms".into());
         }
         if !matches!(self.store.fsync.as_str(), "always" | "interval" | "never") {
-            errors.push(format!("store.fsync: `{}` is not always, interval or never", self.store.fsync));
+            errors.push(format!(
+                "store.fsync: `{}` is not always, interval or never",
+                self.store.fsync
+            ));
         }
         let ttl = &self.delivery;
         if ttl.default_ttl_secs > ttl.max_ttl_secs {
@@ -401,10 +381,7 @@ impl Config {
             errors.push("delivery.purge_interval_secs: must be at least 1".into());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            errors.push(format!(
-                "log.format: `{}` is neither text nor json",
-                self.log.format
-            ));
+            errors.push(format!("log.format: `{}` is neither text nor json", self.log.format));
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             errors.push("tls: cert_file and key_file must be set together".into());
@@ -414,17 +391,12 @@ impl Config {
                 errors.push(format!("apps[{i}].id: must be 1 to 64 bytes, without NUL"));
             }
             if app.key.is_some() == app.key_file.is_some() {
-                errors.push(format!(
-                    "apps[{i}] ({}): set exactly one of key and key_file",
-                    app.id
-                ));
+                errors.push(format!("apps[{i}] ({}): set exactly one of key and key_file", app.id));
             }
         }
         for (i, key) in self.router.keys.iter().enumerate() {
             if key.key.is_some() == key.key_file.is_some() {
-                errors.push(format!(
-                    "router.keys[{i}]: set exactly one of key and key_file"
-                ));
+                errors.push(format!("router.keys[{i}]: set exactly one of key and key_file"));
             }
             if key.key.as_ref().is_some_and(|k| k.len() < 16) {
                 errors.push(format!("router.keys[{i}].key: must be at least 16 bytes"));
@@ -437,13 +409,8 @@ impl Config {
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
-    text.parse::<toml::Table>().map_err(|e| {
-        ConfigError(vec![format!(
-            "{}: {}",
-            path.display(),
-            e.to_string().trim()
-        )])
-    })
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError(vec![format!("{}: {}", path.display(), e.to_string().trim())]))
 }
 
 /// Applies `LONGLINK_SECTION__FIELD` variables to `table`; returns what could not be applied.
@@ -544,11 +511,7 @@ mod tests {
     #[test]
     fn printed_config_redacts_secrets_and_parses_back() {
         let mut c = Config::default();
-        c.apps.push(AppConfig {
-            id: "a".into(),
-            key: Some("s3cret".into()),
-            key_file: None,
-        });
+        c.apps.push(AppConfig { id: "a".into(), key: Some("s3cret".into()), key_file: None });
         let text = c.to_toml();
         assert!(!text.contains("s3cret"));
         assert!(text.parse::<toml::Table>().is_ok());

@@ -61,10 +61,7 @@ pub async fn serve(
         let deadline = node.settings.handshake_timeout;
         let outcome = tokio::time::timeout(deadline, Box::pin(handshake::run(&node, socket, tls)))
             .await
-            .unwrap_or(Err(Failed {
-                reason: CloseReason::HandshakeTimeout,
-                stream: None,
-            }));
+            .unwrap_or(Err(Failed { reason: CloseReason::HandshakeTimeout, stream: None }));
         drop(permit);
         match outcome {
             Ok(established) => live(node, established).await,
@@ -77,9 +74,7 @@ pub async fn serve(
 
 /// Answers a connection refused at the handshake limit and closes it.
 pub async fn busy(node: Arc<Node>, socket: TcpStream, tls: Option<TlsAcceptor>) {
-    let reason = CloseReason::Busy {
-        retry_after_ms: node.settings.busy_delay_ms(),
-    };
+    let reason = CloseReason::Busy { retry_after_ms: node.settings.busy_delay_ms() };
     let stream = match tls {
         None => Some(Either::Tcp(socket)),
         Some(acceptor) => tokio::time::timeout(FAREWELL_TIMEOUT, acceptor.accept(socket))
@@ -101,24 +96,14 @@ async fn refuse(failed: Failed) {
 }
 
 async fn live(node: Arc<Node>, established: Established) {
-    let Established {
-        mut stream,
-        decoder,
-        key,
-        profile,
-        session,
-        welcome,
-    } = established;
+    let Established { mut stream, decoder, key, profile, session, welcome } = established;
     let span = tracing::Span::current();
     span.record("app", &*key.app);
     span.record("device", &*key.device);
     span.record("session", format!("{:x}", session.id));
     metrics::counter!("longlink_handshakes_total", "transport" => session.transport.label())
         .increment(1);
-    tracing::info!(
-        heartbeat_secs = session.heartbeat_secs,
-        "session established"
-    );
+    tracing::info!(heartbeat_secs = session.heartbeat_secs, "session established");
 
     let link = session.link.clone();
     let id = session.id;
@@ -134,15 +119,8 @@ async fn live(node: Arc<Node>, established: Established) {
         return;
     }
     node.hub.heartbeats.watch(&link);
-    let mut conn = Live {
-        stream,
-        decoder,
-        link,
-        node: node.clone(),
-        key,
-        writing: None,
-        flush: false,
-    };
+    let mut conn =
+        Live { stream, decoder, link, node: node.clone(), key, writing: None, flush: false };
     let reason = (&mut conn).await;
     node.hub.disconnect(&conn.key, id, crate::clock::unix_ms());
     metrics::counter!("longlink_closes_total", "reason" => reason.label()).increment(1);
@@ -262,11 +240,7 @@ impl Live {
         }
         self.link.touch(self.node.hub.heartbeats.now_ms());
         let mut failure = None;
-        let handler = Handler {
-            node: &self.node,
-            key: &self.key,
-            link: &self.link,
-        };
+        let handler = Handler { node: &self.node, key: &self.key, link: &self.link };
         self.decoder
             .feed::<ClientFrame, _>(buf.filled(), |frame| match handler.on_frame(frame) {
                 Ok(()) => true,
@@ -306,11 +280,7 @@ impl Handler<'_> {
                 let released = self.node.hub.ack(self.key, ack.seq, &ack.message_ids);
                 metrics::counter!("longlink_acks_total").increment(released as u64);
             }
-            Some(Frame::Receipt(receipt)) => {
-                let status = receipt.status().as_str_name();
-                metrics::counter!("longlink_receipts_total", "status" => status).increment(1);
-                tracing::debug!(message = %receipt.message_id, status, "receipt");
-            }
+            Some(Frame::Receipt(receipt)) => self.receipt(&receipt),
             Some(Frame::Report(report)) => {
                 let report = report.report.unwrap_or_default();
                 if !valid_report(&report) {
@@ -322,9 +292,7 @@ impl Handler<'_> {
             Some(Frame::Unbind(_)) => {
                 self.node.hub.bind(self.key, None);
                 tracing::info!("unbound");
-                self.answer(server_frame::Frame::Bound(Bound {
-                    user_id: String::new(),
-                }));
+                self.answer(server_frame::Frame::Bound(Bound { user_id: String::new() }));
             }
             Some(Frame::Hello(_)) => return Err(CloseReason::UnexpectedFrame),
             None => return Err(CloseReason::Malformed),
@@ -332,23 +300,35 @@ impl Handler<'_> {
         Ok(())
     }
 
+    /// Passes what the app did with a message on to receipt subscribers.
+    fn receipt(&self, receipt: &crate::proto::device::Receipt) {
+        use crate::proto::device::ReceiptStatus;
+        use crate::proto::router::Event;
+        let event = match receipt.status() {
+            ReceiptStatus::Displayed => Event::Displayed,
+            ReceiptStatus::Opened => Event::Opened,
+            ReceiptStatus::Dismissed => Event::Dismissed,
+            ReceiptStatus::DisplayFailed => Event::DisplayFailed,
+            ReceiptStatus::Unspecified => Event::Unspecified,
+        };
+        let label = receipt.status().as_str_name();
+        metrics::counter!("longlink_receipts_total", "status" => label).increment(1);
+        tracing::debug!(message = %receipt.message_id, status = label, "receipt");
+        let reason: String = receipt.reason.chars().take(64).collect();
+        let receipts = &self.node.hub.receipts;
+        receipts.emit(event, self.key, &receipt.message_id, 0, &reason);
+    }
+
     fn bind(&self, token: &str) -> Result<(), CloseReason> {
         let apps = self.node.apps();
         let (_, key) = apps.get(&self.key.app).ok_or(CloseReason::UnknownApp)?;
         let claims = key
-            .verify(
-                token,
-                &self.key.app,
-                &self.key.device,
-                crate::clock::unix_secs(),
-            )
+            .verify(token, &self.key.app, &self.key.device, crate::clock::unix_secs())
             .map_err(CloseReason::Token)?;
         let user = claims.uid.filter(|u| !u.is_empty());
         self.node.hub.bind(self.key, user.as_deref());
         tracing::info!(user = user.as_deref().unwrap_or(""), "bound");
-        self.answer(server_frame::Frame::Bound(Bound {
-            user_id: user.unwrap_or_default(),
-        }));
+        self.answer(server_frame::Frame::Bound(Bound { user_id: user.unwrap_or_default() }));
         Ok(())
     }
 

@@ -25,9 +25,7 @@ pub fn encode<M: Message>(frame: &M) -> Bytes {
     let len = frame.encoded_len();
     let mut buf = BytesMut::with_capacity(PREFIX_LEN + len);
     buf.put_u32(len as u32);
-    frame
-        .encode(&mut buf)
-        .expect("buffer was sized from encoded_len");
+    frame.encode(&mut buf).expect("buffer was sized from encoded_len");
     buf.freeze()
 }
 
@@ -42,10 +40,7 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(limit: usize) -> Self {
-        Decoder {
-            partial: BytesMut::new(),
-            limit,
-        }
+        Decoder { partial: BytesMut::new(), limit }
     }
 
     /// Changes the limit for frames whose prefix has not been checked yet.
@@ -128,10 +123,7 @@ fn declared_len(buf: &[u8], limit: usize) -> Result<Option<usize>, FrameError> {
     };
     let declared = u32::from_be_bytes(prefix.try_into().expect("four bytes"));
     if declared as u64 > limit as u64 {
-        return Err(FrameError::TooLarge {
-            declared: declared as u64,
-            limit,
-        });
+        return Err(FrameError::TooLarge { declared: declared as u64, limit });
     }
     Ok(Some(declared as usize))
 }

@@ -57,26 +57,15 @@ pub async fn run(
         Some(acceptor) => match acceptor.accept(socket).await {
             Ok(s) => (Either::Tls(Box::new(s)), Transport::Tls),
             Err(_) => {
-                return Err(Failed {
-                    reason: CloseReason::Io,
-                    stream: None,
-                });
+                return Err(Failed { reason: CloseReason::Io, stream: None });
             }
         },
     };
     match greet(node, &mut stream, transport).await {
-        Ok((decoder, key, profile, session, welcome)) => Ok(Established {
-            stream,
-            decoder,
-            key,
-            profile,
-            session,
-            welcome,
-        }),
-        Err(reason) => Err(Failed {
-            reason,
-            stream: Some(stream),
-        }),
+        Ok((decoder, key, profile, session, welcome)) => {
+            Ok(Established { stream, decoder, key, profile, session, welcome })
+        }
+        Err(reason) => Err(Failed { reason, stream: Some(stream) }),
     }
 }
 
@@ -89,9 +78,7 @@ async fn greet(
     let hello = read_hello(stream, &mut decoder).await?;
     let (key, user) = authenticate(node, &hello)?;
     if node.is_draining() {
-        return Err(CloseReason::Refused {
-            retry_after_ms: node.settings.reconnect_delay_ms(),
-        });
+        return Err(CloseReason::Refused { retry_after_ms: node.settings.reconnect_delay_ms() });
     }
     let settings = &node.settings;
     let heartbeat_secs = settings.heartbeat_secs(hello.heartbeat_secs);
@@ -105,23 +92,12 @@ async fn greet(
         max_frame_bytes: settings.max_frame_bytes as u32,
         user_id: user.clone().unwrap_or_default(),
     };
-    let frame = ServerFrame {
-        frame: Some(server_frame::Frame::Welcome(welcome)),
-    };
+    let frame = ServerFrame { frame: Some(server_frame::Frame::Welcome(welcome)) };
     let welcome = crate::frame::encode(&frame);
     decoder.set_limit(settings.max_frame_bytes);
-    let link = Arc::new(Link::new(
-        id,
-        silence_limit_ms,
-        node.hub.heartbeats.now_ms(),
-    ));
-    let session = Session {
-        id,
-        link,
-        transport,
-        since_ms: crate::clock::unix_ms(),
-        heartbeat_secs,
-    };
+    let link = Arc::new(Link::new(id, silence_limit_ms, node.hub.heartbeats.now_ms()));
+    let session =
+        Session { id, link, transport, since_ms: crate::clock::unix_ms(), heartbeat_secs };
     let profile = Profile {
         platform: hello.platform,
         app_version: hello.app_version,
@@ -135,10 +111,7 @@ async fn greet(
 async fn read_hello(stream: &mut Stream, decoder: &mut Decoder) -> Result<Hello, CloseReason> {
     let mut buf = [0u8; 1024];
     loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|_| CloseReason::PeerClosed)?;
+        let n = stream.read(&mut buf).await.map_err(|_| CloseReason::PeerClosed)?;
         if n == 0 {
             return Err(CloseReason::PeerClosed);
         }
@@ -177,21 +150,10 @@ fn authenticate(node: &Node, hello: &Hello) -> Result<(DeviceKey, Option<String>
         return Err(CloseReason::InvalidHello);
     }
     let claims = key
-        .verify(
-            &hello.token,
-            &hello.app_id,
-            &hello.device_id,
-            crate::clock::unix_secs(),
-        )
+        .verify(&hello.token, &hello.app_id, &hello.device_id, crate::clock::unix_secs())
         .map_err(CloseReason::Token)?;
     let user = claims.uid.filter(|u| !u.is_empty() && u.len() <= 128);
-    Ok((
-        DeviceKey {
-            app,
-            device: hello.device_id.as_str().into(),
-        },
-        user,
-    ))
+    Ok((DeviceKey { app, device: hello.device_id.as_str().into() }, user))
 }
 
 /// Field limits from the protocol documentation.

@@ -32,10 +32,7 @@ pub struct Heartbeats {
 
 impl Default for Heartbeats {
     fn default() -> Self {
-        Heartbeats {
-            epoch: Instant::now(),
-            wheel: Mutex::new(BTreeMap::new()),
-        }
+        Heartbeats { epoch: Instant::now(), wheel: Mutex::new(BTreeMap::new()) }
     }
 }
 
@@ -48,11 +45,7 @@ impl Heartbeats {
     /// Starts watching `link` from its last-seen time.
     pub fn watch(&self, link: &Arc<Link>) {
         let due = link.last_seen_ms() + link.silence_limit_ms;
-        self.wheel
-            .lock()
-            .entry(bucket(due))
-            .or_default()
-            .push(Arc::downgrade(link));
+        self.wheel.lock().entry(bucket(due)).or_default().push(Arc::downgrade(link));
     }
 
     /// Examines every bucket due by `now_ms`: closes the links silent past their limit,
@@ -146,10 +139,7 @@ mod tests {
                 l.touch(now);
             }
             wheel.sweep(now);
-            assert!(
-                !l.is_closing(),
-                "closed at {now} though it talked every second"
-            );
+            assert!(!l.is_closing(), "closed at {now} though it talked every second");
         }
         assert_eq!(wheel.watched(), 1);
     }

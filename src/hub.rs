@@ -17,10 +17,12 @@ use dashmap::DashMap;
 use crate::close::CloseReason;
 use crate::heartbeat::Heartbeats;
 use crate::link::{Link, OutboundLimits, Sent};
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Outgoing, Removed};
 use crate::message::Message;
 use crate::proto::device::{DeviceReport, Missed, Platform, ServerFrame, server_frame};
+use crate::proto::router::Event;
 use crate::proto::store::{StoredDevice, StoredMessage};
+use crate::receipts::Receipts;
 use crate::session::{DeviceKey, Session, SessionTable};
 use crate::store::record::{self, device_key, message_key};
 use crate::store::{Loaded, Space, Store};
@@ -104,6 +106,7 @@ impl Outcome {
 pub struct Hub {
     pub sessions: SessionTable,
     pub heartbeats: Arc<Heartbeats>,
+    pub receipts: Receipts,
     devices: DashMap<DeviceKey, Device>,
     users: UserIndex,
     limits: HubLimits,
@@ -115,6 +118,7 @@ impl Hub {
         Hub {
             sessions: SessionTable::default(),
             heartbeats,
+            receipts: Receipts::default(),
             devices: DashMap::with_shard_amount(SHARDS),
             users: DashMap::with_shard_amount(SHARDS),
             limits,
@@ -173,7 +177,7 @@ impl Hub {
         }
         self.rebind(key, &mut device, profile.user.map(Arc::from));
         let released = device.mailbox.resume_after(profile.acked_seq);
-        self.forget(key, &released);
+        self.release(key, &released, Event::Acked, "");
         device.mailbox.rewind();
         self.persist_device(key, &device);
         if let Some(old) = self.sessions.insert(key.clone(), session) {
@@ -206,8 +210,8 @@ impl Hub {
         }
         let backlog = device.mailbox.has_unsent();
         let added = device.mailbox.add(message.clone(), self.limits.pending_max);
-        self.forget(key, &added.dropped);
-        self.forget(key, &added.collapsed);
+        self.release(key, &added.dropped, Event::Dropped, "pending_cap");
+        self.release(key, &added.collapsed, Event::Dropped, "collapsed");
         count_dropped("pending_cap", added.dropped.len());
         if added.seq > device.seq_floor {
             device.seq_floor = added.seq + SEQ_BLOCK;
@@ -218,6 +222,7 @@ impl Hub {
             self.persist_message(key, added.seq, message, handed);
         }
         let Some(link) = link else {
+            self.receipts.emit(Event::Stored, key, &message.id, added.seq, "");
             return Outcome::Stored { seq: added.seq };
         };
         if backlog {
@@ -233,7 +238,7 @@ impl Hub {
         let Some(mut device) = self.devices.get_mut(key) else { return 0 };
         let mut released = device.mailbox.ack(upto);
         released.extend(device.mailbox.ack_ids(ids));
-        self.forget(key, &released);
+        self.release(key, &released, Event::Acked, "");
         if let Some(link) = self.sessions.link(key) {
             self.pump(key, &mut device, &link);
         }
@@ -261,7 +266,7 @@ impl Hub {
         for mut entry in self.devices.iter_mut() {
             let expired = entry.mailbox.purge(now_ms);
             if !expired.is_empty() {
-                self.forget(entry.key(), &expired);
+                self.release(entry.key(), &expired, Event::Expired, "ttl");
                 purged += expired.len();
             }
         }
@@ -335,7 +340,7 @@ impl Hub {
         let mut expired = Vec::new();
         let now = crate::clock::unix_ms();
         if let Some(out) = device.mailbox.next(usize::MAX, now, &mut expired) {
-            self.write(link, out.message.frame(out.seq, out.redelivery));
+            self.hand(key, link, &out);
         }
         self.expire(key, &expired);
     }
@@ -347,7 +352,7 @@ impl Hub {
         let now = crate::clock::unix_ms();
         let mut expired = Vec::new();
         while let Some(out) = device.mailbox.next(self.limits.send_window, now, &mut expired) {
-            if self.write(link, out.message.frame(out.seq, out.redelivery)) != Sent::Queued {
+            if self.hand(key, link, &out) != Sent::Queued {
                 break;
             }
         }
@@ -362,6 +367,16 @@ impl Hub {
         }
     }
 
+    /// Queues one message on the link and tells subscribers it was sent.
+    fn hand(&self, key: &DeviceKey, link: &Link, out: &Outgoing) -> Sent {
+        let sent = self.write(link, out.message.frame(out.seq, out.redelivery));
+        if sent == Sent::Queued {
+            let reason = if out.redelivery { "redelivery" } else { "" };
+            self.receipts.emit(Event::Sent, key, &out.message.id, out.seq, reason);
+        }
+        sent
+    }
+
     fn write(&self, link: &Link, frame: bytes::Bytes) -> Sent {
         let sent = link.send(frame, self.limits.outbound);
         if sent == Sent::Overflow {
@@ -370,9 +385,9 @@ impl Hub {
         sent
     }
 
-    fn expire(&self, key: &DeviceKey, seqs: &[u64]) {
-        self.forget(key, seqs);
-        count_dropped("expired", seqs.len());
+    fn expire(&self, key: &DeviceKey, expired: &[Removed]) {
+        self.release(key, expired, Event::Expired, "ttl");
+        count_dropped("expired", expired.len());
     }
 
     fn persist_device(&self, key: &DeviceKey, device: &Device) {
@@ -390,10 +405,13 @@ impl Hub {
         self.store.put(Space::Messages, k, record::encode(&stored));
     }
 
-    /// Deletes these seqs of the device from the store.
-    fn forget(&self, key: &DeviceKey, seqs: &[u64]) {
-        for seq in seqs {
-            self.store.delete(Space::Messages, message_key(&key.app, &key.device, *seq));
+    /// Deletes messages that left the mailbox from the store and tells subscribers why.
+    fn release(&self, key: &DeviceKey, removed: &[Removed], event: Event, reason: &str) {
+        for r in removed {
+            if !r.message.ephemeral {
+                self.store.delete(Space::Messages, message_key(&key.app, &key.device, r.seq));
+            }
+            self.receipts.emit(event, key, &r.message.id, r.seq, reason);
         }
     }
 }

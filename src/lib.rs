@@ -25,6 +25,7 @@ pub mod mailbox;
 pub mod message;
 pub mod node;
 pub mod proto;
+pub mod receipts;
 pub mod requests;
 pub mod router;
 pub mod server;

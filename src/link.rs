@@ -147,10 +147,7 @@ impl Link {
 mod tests {
     use super::*;
 
-    const LIMITS: OutboundLimits = OutboundLimits {
-        max_frames: 3,
-        max_bytes: 10,
-    };
+    const LIMITS: OutboundLimits = OutboundLimits { max_frames: 3, max_bytes: 10 };
 
     #[test]
     fn overflow_by_frames_or_bytes_closes_as_slow_consumer() {
@@ -163,14 +160,8 @@ mod tests {
         assert_eq!(link.next(), Err(CloseReason::SlowConsumer));
 
         let link = Link::new(2, 1000, 0);
-        assert_eq!(
-            link.send(Bytes::from_static(b"123456"), LIMITS),
-            Sent::Queued
-        );
-        assert_eq!(
-            link.send(Bytes::from_static(b"12345"), LIMITS),
-            Sent::Overflow
-        );
+        assert_eq!(link.send(Bytes::from_static(b"123456"), LIMITS), Sent::Queued);
+        assert_eq!(link.send(Bytes::from_static(b"12345"), LIMITS), Sent::Overflow);
     }
 
     #[test]
@@ -193,9 +184,6 @@ mod tests {
         assert_eq!(link.next(), Ok(Some(Bytes::from_static(b"bb"))));
         assert_eq!(link.next(), Ok(Some(Bytes::from_static(b"ccc"))));
         assert_eq!(link.next(), Ok(None));
-        assert_eq!(
-            link.send(Bytes::from_static(b"0123456789"), LIMITS),
-            Sent::Queued
-        );
+        assert_eq!(link.send(Bytes::from_static(b"0123456789"), LIMITS), Sent::Queued);
     }
 }

@@ -90,10 +90,7 @@ struct ErrorLog {
 impl ErrorLog {
     fn note(&mut self, error: &io::Error) {
         let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|at| now.duration_since(at) < LOG_EVERY)
-        {
+        if self.last.is_some_and(|at| now.duration_since(at) < LOG_EVERY) {
             self.suppressed += 1;
             return;
         }

@@ -33,6 +33,12 @@ struct Pending {
     handed: bool,
 }
 
+impl Pending {
+    fn removed(&self) -> Removed {
+        Removed { seq: self.seq, message: self.message.clone() }
+    }
+}
+
 /// A message to write now.
 #[derive(Debug)]
 pub struct Outgoing {
@@ -41,14 +47,21 @@ pub struct Outgoing {
     pub redelivery: bool,
 }
 
+/// A message taken out of the mailbox before it was acked, or by an ack.
+#[derive(Debug, Clone)]
+pub struct Removed {
+    pub seq: u64,
+    pub message: Arc<Message>,
+}
+
 /// What [`Mailbox::add`] did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Added {
     pub seq: u64,
-    /// Seqs dropped because the mailbox was over its cap (oldest first).
-    pub dropped: Vec<u64>,
-    /// Seqs replaced by the new message's collapse key.
-    pub collapsed: Vec<u64>,
+    /// Dropped because the mailbox was over its cap (oldest first).
+    pub dropped: Vec<Removed>,
+    /// Replaced by the new message's collapse key.
+    pub collapsed: Vec<Removed>,
 }
 
 impl Mailbox {
@@ -60,7 +73,7 @@ impl Mailbox {
             self.pending.retain(|p| {
                 let same = p.message.collapse.as_ref() == Some(key);
                 if same {
-                    added.collapsed.push(p.seq);
+                    added.collapsed.push(p.removed());
                 }
                 !same
             });
@@ -70,7 +83,7 @@ impl Mailbox {
         self.pending.push_back(Pending { seq: self.last_seq, message, handed: false });
         while self.pending.len() > cap {
             let dropped = self.pending.pop_front().expect("over the cap means not empty");
-            added.dropped.push(dropped.seq);
+            added.dropped.push(dropped.removed());
         }
         if !added.dropped.is_empty() {
             self.missed += added.dropped.len() as u64;
@@ -92,8 +105,8 @@ impl Mailbox {
     }
 
     /// Releases every message with seq <= `upto`. An ack beyond the last seq given is
-    /// clamped to it. Returns the seqs released.
-    pub fn ack(&mut self, upto: u64) -> Vec<u64> {
+    /// clamped to it. Returns what it released.
+    pub fn ack(&mut self, upto: u64) -> Vec<Removed> {
         let upto = upto.min(self.last_seq);
         if upto <= self.acked {
             return Vec::new();
@@ -104,11 +117,11 @@ impl Mailbox {
             self.told = None;
         }
         let n = self.pending.partition_point(|p| p.seq <= upto);
-        self.pending.drain(..n).map(|p| p.seq).collect()
+        self.pending.drain(..n).map(|p| p.removed()).collect()
     }
 
     /// Releases the messages with these ids, wherever they are in the queue.
-    pub fn ack_ids(&mut self, ids: &[String]) -> Vec<u64> {
+    pub fn ack_ids(&mut self, ids: &[String]) -> Vec<Removed> {
         if ids.is_empty() {
             return Vec::new();
         }
@@ -116,7 +129,7 @@ impl Mailbox {
         self.pending.retain(|p| {
             let acked = ids.iter().any(|id| *id == p.message.id);
             if acked {
-                released.push(p.seq);
+                released.push(p.removed());
             }
             !acked
         });
@@ -125,7 +138,7 @@ impl Mailbox {
 
     /// A device that comes back claiming more than this node gave out (a node that lost
     /// its store) continues from its own count.
-    pub fn resume_after(&mut self, acked_seq: u64) -> Vec<u64> {
+    pub fn resume_after(&mut self, acked_seq: u64) -> Vec<Removed> {
         if acked_seq > self.last_seq {
             self.last_seq = acked_seq;
             self.sent_upto = acked_seq;
@@ -152,8 +165,13 @@ impl Mailbox {
     }
 
     /// The next message to hand to the current link when fewer than `window` are in
-    /// flight. Expired messages are skipped and released; their seqs go to `expired`.
-    pub fn next(&mut self, window: usize, now_ms: i64, expired: &mut Vec<u64>) -> Option<Outgoing> {
+    /// flight. Expired messages are skipped and released into `expired`.
+    pub fn next(
+        &mut self,
+        window: usize,
+        now_ms: i64,
+        expired: &mut Vec<Removed>,
+    ) -> Option<Outgoing> {
         loop {
             let at = self.in_flight();
             if at >= window {
@@ -161,7 +179,7 @@ impl Mailbox {
             }
             let p = self.pending.get_mut(at)?;
             if p.message.expires_at_ms.is_some_and(|t| t <= now_ms) {
-                expired.push(p.seq);
+                expired.push(p.removed());
                 self.pending.remove(at);
                 continue;
             }
@@ -172,13 +190,13 @@ impl Mailbox {
         }
     }
 
-    /// Releases every expired message; returns their seqs.
-    pub fn purge(&mut self, now_ms: i64) -> Vec<u64> {
+    /// Releases every expired message; returns them.
+    pub fn purge(&mut self, now_ms: i64) -> Vec<Removed> {
         let mut expired = Vec::new();
         self.pending.retain(|p| {
             let gone = p.message.expires_at_ms.is_some_and(|t| t <= now_ms);
             if gone {
-                expired.push(p.seq);
+                expired.push(p.removed());
             }
             !gone
         });
@@ -214,10 +232,11 @@ mod tests {
     use crate::proto::device::Push;
 
     fn msg(id: &str) -> Arc<Message> {
-        Arc::new(Message::new(Push {
-            message_id: id.into(),
-            ..Default::default()
-        }))
+        Arc::new(Message::new(Push { message_id: id.into(), ..Default::default() }))
+    }
+
+    fn seqs(removed: &[Removed]) -> Vec<u64> {
+        removed.iter().map(|r| r.seq).collect()
     }
 
     fn drain(mb: &mut Mailbox, window: usize) -> Vec<(u64, bool)> {
@@ -269,19 +288,11 @@ mod tests {
         }
         assert_eq!(mb.take_missed(), 1);
         mb.rewind();
-        assert_eq!(
-            mb.take_missed(),
-            1,
-            "the first link died before the device read it"
-        );
+        assert_eq!(mb.take_missed(), 1, "the first link died before the device read it");
         let sent = drain(&mut mb, 10);
         mb.ack(sent[0].0);
         mb.rewind();
-        assert_eq!(
-            mb.take_missed(),
-            0,
-            "confirmed by an ack of a later message"
-        );
+        assert_eq!(mb.take_missed(), 0, "confirmed by an ack of a later message");
     }
 
     #[test]
@@ -293,17 +304,14 @@ mod tests {
         assert_eq!(drain(&mut mb, 3).len(), 3);
         mb.ack(1);
         mb.rewind();
-        assert_eq!(
-            drain(&mut mb, 100),
-            vec![(2, true), (3, true), (4, false), (5, false)]
-        );
+        assert_eq!(drain(&mut mb, 100), vec![(2, true), (3, true), (4, false), (5, false)]);
     }
 
     #[test]
     fn acks_beyond_the_last_seq_are_clamped_and_repeats_are_harmless() {
         let mut mb = Mailbox::default();
         mb.add(msg("a"), 10);
-        assert_eq!(mb.ack(99), vec![1]);
+        assert_eq!(seqs(&mb.ack(99)), vec![1]);
         assert!(mb.ack(1).is_empty());
         let seq = mb.add(msg("b"), 10).seq;
         assert_eq!(seq, 2, "a clamped ack must not swallow future seqs");
@@ -313,25 +321,25 @@ mod tests {
     #[test]
     fn expired_messages_are_skipped_and_counted() {
         let mut mb = Mailbox::default();
-        let mut push = Push {
-            message_id: "old".into(),
-            expires_at_ms: 10,
-            ..Default::default()
-        };
+        let mut push = Push { message_id: "old".into(), expires_at_ms: 10, ..Default::default() };
         mb.add(Arc::new(Message::new(push.clone())), 10);
         push.message_id = "new".into();
         push.expires_at_ms = 0;
         mb.add(Arc::new(Message::new(push)), 10);
         let mut expired = Vec::new();
         let out = mb.next(10, 20, &mut expired).unwrap();
-        assert_eq!((out.seq, out.message.id.as_str(), expired), (2, "new", vec![1]));
+        assert_eq!((out.seq, out.message.id.as_str(), seqs(&expired)), (2, "new", vec![1]));
     }
 
     #[test]
     fn collapse_keys_and_badge_keys_replace_the_pending_message() {
         let mut mb = Mailbox::default();
         let with = |id: &str, key: &str| {
-            Arc::new(Message::new(Push { message_id: id.into(), collapse_key: key.into(), ..Default::default() }))
+            Arc::new(Message::new(Push {
+                message_id: id.into(),
+                collapse_key: key.into(),
+                ..Default::default()
+            }))
         };
         let badge = |id: &str, key: &str| {
             Arc::new(Message::new(Push {
@@ -344,8 +352,8 @@ mod tests {
         mb.add(with("a", "score"), 10);
         mb.add(badge("b", "inbox"), 10);
         mb.add(with("c", ""), 10);
-        assert_eq!(mb.add(with("d", "score"), 10).collapsed, vec![1]);
-        assert_eq!(mb.add(badge("e", "inbox"), 10).collapsed, vec![2]);
+        assert_eq!(seqs(&mb.add(with("d", "score"), 10).collapsed), vec![1]);
+        assert_eq!(seqs(&mb.add(badge("e", "inbox"), 10).collapsed), vec![2]);
         assert!(mb.add(badge("f", "orders"), 10).collapsed.is_empty());
         let ids: Vec<_> = std::iter::from_fn(|| mb.next(10, 0, &mut Vec::new()))
             .map(|o| o.message.id.clone())
@@ -372,7 +380,7 @@ mod tests {
         mb.raise_floor(1024);
         assert_eq!(mb.add(msg("c"), 10).seq, 1025);
         assert_eq!(drain(&mut mb, 10), vec![(7, true), (9, false), (1025, false)]);
-        assert!(mb.ack(8) == vec![7], "acks below the floor still release kept messages");
+        assert_eq!(seqs(&mb.ack(8)), vec![7], "acks below the floor still release kept ones");
     }
 
     #[test]

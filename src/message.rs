@@ -74,11 +74,7 @@ impl Message {
     /// The length-prefixed `ServerFrame` carrying this message as device message `seq`.
     pub fn frame(&self, seq: u64, redelivery: bool) -> Bytes {
         let extra = encoding::uint64::encoded_len(PUSH_SEQ, &seq)
-            + if redelivery {
-                encoding::bool::encoded_len(PUSH_REDELIVERY, &true)
-            } else {
-                0
-            };
+            + if redelivery { encoding::bool::encoded_len(PUSH_REDELIVERY, &true) } else { 0 };
         let push_len = self.body.len() + extra;
         let frame_len = encoding::key_len(SERVER_FRAME_PUSH)
             + encoding::encoded_len_varint(push_len as u64)
@@ -127,11 +123,7 @@ mod tests {
             let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
             assert_eq!(len, frame.len() - 4);
             let decoded = ServerFrame::decode(&frame[4..]).unwrap();
-            let want = Push {
-                seq,
-                redelivery,
-                ..push.clone()
-            };
+            let want = Push { seq, redelivery, ..push.clone() };
             assert_eq!(decoded.frame, Some(server_frame::Frame::Push(want)));
         }
     }

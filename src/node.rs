@@ -49,11 +49,7 @@ impl Settings {
     /// The heartbeat interval granted for a request of `asked` seconds (0: default).
     pub fn heartbeat_secs(&self, asked: u32) -> u32 {
         let h = &self.heartbeat;
-        if asked == 0 {
-            h.default_secs
-        } else {
-            asked.clamp(h.min_secs, h.max_secs)
-        }
+        if asked == 0 { h.default_secs } else { asked.clamp(h.min_secs, h.max_secs) }
     }
 
     /// Silence allowed for a heartbeat interval, in milliseconds.
@@ -73,11 +69,7 @@ impl Settings {
 }
 
 pub fn spread(min: u32, max: u32) -> u32 {
-    if max <= min {
-        min
-    } else {
-        rand::random_range(min..=max)
-    }
+    if max <= min { min } else { rand::random_range(min..=max) }
 }
 
 #[derive(Debug)]

@@ -25,9 +25,12 @@ pub struct Answer {
 
 pub type Slot = OwnedMutexGuard<Option<Answer>>;
 
+/// (app, request id) -> the lock holding its first answer.
+type Slots = DashMap<(Arc<str>, String), Arc<Mutex<Option<Answer>>>>;
+
 #[derive(Debug, Default)]
 pub struct Requests {
-    slots: DashMap<(Arc<str>, String), Arc<Mutex<Option<Answer>>>>,
+    slots: Slots,
 }
 
 impl Requests {

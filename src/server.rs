@@ -78,16 +78,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             spawn_device(&node, addr, Some(TlsAcceptor::from(tls)), &stop_rx).await?
         }
     };
-    let router = TcpListener::bind(router_addr)
-        .await
-        .with_context(|| format!("binding {router_addr}"))?;
+    let router =
+        TcpListener::bind(router_addr).await.with_context(|| format!("binding {router_addr}"))?;
     let router_addr = router.local_addr()?;
     let admin_addr = match config.admin.addr.as_str() {
         "" => None,
         addr => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             let bound = listener.local_addr()?;
             tokio::spawn(crate::admin::run(node.clone(), listener, stop_rx.clone()));
             Some(bound)
@@ -107,15 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api,
     ));
     crate::limits::raise_open_files(config.device.max_connections);
-    Ok(Running {
-        tcp_addr,
-        tls_addr,
-        router_addr,
-        admin_addr,
-        node,
-        drain,
-        done,
-    })
+    Ok(Running { tcp_addr, tls_addr, router_addr, admin_addr, node, drain, done })
 }
 
 fn build_node(config: &Config, apps: Apps, store: Arc<Store>) -> Node {
@@ -191,25 +181,14 @@ async fn spawn_device(
         return Ok(None);
     }
     let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
-    socket
-        .bind(addr)
-        .with_context(|| format!("binding {addr}"))?;
+    socket.bind(addr).with_context(|| format!("binding {addr}"))?;
     let listener = socket.listen(BACKLOG)?;
     let bound = listener.local_addr()?;
     let transport = if tls.is_some() { "tls" } else { "tcp" };
     tracing::info!(addr = %bound, transport, "device listener ready");
-    tokio::spawn(crate::listener::run(
-        node.clone(),
-        listener,
-        tls,
-        stop.clone(),
-    ));
+    tokio::spawn(crate::listener::run(node.clone(), listener, tls, stop.clone()));
     Ok(Some(bound))
 }
 
@@ -249,16 +228,11 @@ async fn drain_when_asked(
     stop.send_replace(true);
     for link in node.hub.sessions.links() {
         let delay = node.settings.reconnect_delay_ms();
-        if link.close(CloseReason::Draining {
-            reconnect_after_ms: delay,
-        }) {
+        if link.close(CloseReason::Draining { reconnect_after_ms: delay }) {
             metrics::counter!("longlink_kicks_total", "reason" => "draining").increment(1);
         }
     }
-    if tokio::time::timeout(grace, node.all_closed())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, node.all_closed()).await.is_err() {
         tracing::warn!(
             left = node.connections(),
             "grace period over; exiting with connections open"

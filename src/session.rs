@@ -23,10 +23,7 @@ pub struct DeviceKey {
 
 impl DeviceKey {
     pub fn new(app: &str, device: &str) -> Self {
-        DeviceKey {
-            app: app.into(),
-            device: device.into(),
-        }
+        DeviceKey { app: app.into(), device: device.into() }
     }
 }
 
@@ -93,10 +90,7 @@ impl SessionTable {
 
     /// Live sessions of `app`.
     pub fn online(&self, app: &str) -> i64 {
-        self.online
-            .get(app)
-            .map(|n| n.load(Ordering::Relaxed))
-            .unwrap_or(0)
+        self.online.get(app).map(|n| n.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {

@@ -59,11 +59,7 @@ fn ensure_generated(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     if cert_file.exists() && key_file.exists() {
         return Ok((cert_file, key_file));
     }
-    let names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     let generated = rcgen::generate_simple_self_signed(names)?;
     std::fs::create_dir_all(cert_file.parent().expect("has a parent"))?;
     std::fs::write(&cert_file, generated.cert.pem())?;

@@ -95,17 +95,13 @@ pub struct AppKey {
 
 impl std::fmt::Debug for AppKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppKey")
-            .field("alg", &ALGORITHM)
-            .finish_non_exhaustive()
+        f.debug_struct("AppKey").field("alg", &ALGORITHM).finish_non_exhaustive()
     }
 }
 
 impl AppKey {
     pub fn hs256(secret: impl Into<Vec<u8>>) -> Self {
-        AppKey {
-            secret: secret.into(),
-        }
+        AppKey { secret: secret.into() }
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -153,14 +149,11 @@ impl AppKey {
         if header.alg != ALGORITHM {
             return Err(TokenError::Algorithm);
         }
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac();
         mac.update(&token.as_bytes()[..header_and_body_len(token)]);
         // verify_slice compares in constant time.
-        mac.verify_slice(&signature)
-            .map_err(|_| TokenError::Signature)?;
+        mac.verify_slice(&signature).map_err(|_| TokenError::Signature)?;
         decode_json(body)
     }
 }
@@ -170,9 +163,7 @@ fn header_and_body_len(token: &str) -> usize {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, TokenError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| TokenError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
 }
 
@@ -231,28 +222,16 @@ mod tests {
         let cases = [
             ("garbage", TokenError::Malformed),
             (&format!("{none_header}.{body}."), TokenError::Algorithm),
-            (
-                &format!("{}.{other_sig}", &good[..good.rfind('.').unwrap()]),
-                TokenError::Signature,
-            ),
-            (
-                &AppKey::hs256(b"other".to_vec()).sign(&claims()),
-                TokenError::Signature,
-            ),
+            (&format!("{}.{other_sig}", &good[..good.rfind('.').unwrap()]), TokenError::Signature),
+            (&AppKey::hs256(b"other".to_vec()).sign(&claims()), TokenError::Signature),
             (&k.sign(&expired), TokenError::Expired),
             (&k.sign(&early), TokenError::NotYetValid),
         ];
         for (token, want) in cases {
             assert_eq!(k.verify(token, "demo", "d1", NOW), Err(want), "{token}");
         }
-        assert_eq!(
-            k.verify(&good, "other", "d1", NOW),
-            Err(TokenError::WrongApp)
-        );
-        assert_eq!(
-            k.verify(&good, "demo", "d2", NOW),
-            Err(TokenError::WrongDevice)
-        );
+        assert_eq!(k.verify(&good, "other", "d1", NOW), Err(TokenError::WrongApp));
+        assert_eq!(k.verify(&good, "demo", "d2", NOW), Err(TokenError::WrongDevice));
     }
 
     #[test]
@@ -274,9 +253,6 @@ mod tests {
         mac.update(input.as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         let token = format!("{input}.{sig}");
-        assert_eq!(
-            key().verify(&token, "demo", "d1", NOW),
-            Err(TokenError::Algorithm)
-        );
+        assert_eq!(key().verify(&token, "demo", "d1", NOW), Err(TokenError::Algorithm));
     }
 }

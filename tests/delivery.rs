@@ -25,10 +25,7 @@ async fn notification_badge_and_silent_arrive_over_tcp_and_tls_and_acks_release_
             PushRequest {
                 message: Some(Message {
                     kind: PushKind::Badge as i32,
-                    badge: Some(Badge {
-                        key: "inbox".into(),
-                        change: Some(badge::Change::Set(7)),
-                    }),
+                    badge: Some(Badge { key: "inbox".into(), change: Some(badge::Change::Set(7)) }),
                     ..Default::default()
                 }),
                 ..support::notification(&[id], "")
@@ -60,11 +57,7 @@ async fn notification_badge_and_silent_arrive_over_tcp_and_tls_and_acks_release_
             }
         }
         let key = DeviceKey::new(APP, id);
-        assert_eq!(
-            server.node().hub.pending(&key),
-            3,
-            "unacked until the app acks"
-        );
+        assert_eq!(server.node().hub.pending(&key), 3, "unacked until the app acks");
         device.ack(2).await.unwrap();
         eventually(5, || server.node().hub.pending(&key) == 1).await;
         device.ack(3).await.unwrap();
@@ -111,29 +104,15 @@ async fn whole_request_errors_carry_stable_codes() {
     let big = support::notification(&["d"], &"x".repeat(4097));
     let status = router.push(big).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(
-        status.message().starts_with("payload_too_large:"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().starts_with("payload_too_large:"), "{}", status.message());
 
     let at_limit = support::notification(&["d"], &"x".repeat(4096 - 4));
-    assert!(
-        router.push(at_limit).await.is_ok(),
-        "title + body of exactly 4 KiB passes"
-    );
+    assert!(router.push(at_limit).await.is_ok(), "title + body of exactly 4 KiB passes");
 
     let many: Vec<String> = (0..1001).map(|i| format!("d{i}")).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-    let status = router
-        .push(support::notification(&refs, "t"))
-        .await
-        .unwrap_err();
-    assert!(
-        status.message().starts_with("bad_target:"),
-        "{}",
-        status.message()
-    );
+    let status = router.push(support::notification(&refs, "t")).await.unwrap_err();
+    assert!(status.message().starts_with("bad_target:"), "{}", status.message());
 
     let mut other_app = support::notification(&["d"], "t");
     other_app.app_id = "nope".into();
@@ -157,67 +136,31 @@ async fn user_push_reaches_every_device_bound_to_the_user_and_rebinding_moves_it
         })),
         ..support::notification(&[], "for alice")
     };
-    let response = router
-        .push(to_alice(Platform::Unspecified))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut ids: Vec<_> = response
-        .results
-        .iter()
-        .map(|r| r.device_id.clone())
-        .collect();
+    let response = router.push(to_alice(Platform::Unspecified)).await.unwrap().into_inner();
+    let mut ids: Vec<_> = response.results.iter().map(|r| r.device_id.clone()).collect();
     ids.sort();
     assert_eq!(ids, vec!["phone", "tablet"]);
-    assert_eq!(
-        next_push(&mut phone).await.notification.unwrap().title,
-        "for alice"
-    );
-    assert_eq!(
-        next_push(&mut tablet).await.notification.unwrap().title,
-        "for alice"
-    );
+    assert_eq!(next_push(&mut phone).await.notification.unwrap().title, "for alice");
+    assert_eq!(next_push(&mut tablet).await.notification.unwrap().title, "for alice");
 
-    let response = router
-        .push(to_alice(Platform::Ios))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = router.push(to_alice(Platform::Ios)).await.unwrap().into_inner();
     assert!(response.results.is_empty(), "both devices are Android");
 
     // Unbind the tablet; bind bob's phone to alice with a fresh token.
-    tablet
-        .send(client_frame::Frame::Unbind(Default::default()))
-        .await
-        .unwrap();
+    tablet.send(client_frame::Frame::Unbind(Default::default())).await.unwrap();
     let token = server.user_token("bob-phone", "alice");
-    other
-        .send(client_frame::Frame::Bind(longlink::proto::device::Bind {
-            token,
-        }))
-        .await
-        .unwrap();
+    other.send(client_frame::Frame::Bind(longlink::proto::device::Bind { token })).await.unwrap();
     within(5, tablet.recv()).await.unwrap();
     within(5, other.recv()).await.unwrap();
-    let response = router
-        .push(to_alice(Platform::Unspecified))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut ids: Vec<_> = response
-        .results
-        .iter()
-        .map(|r| r.device_id.clone())
-        .collect();
+    let response = router.push(to_alice(Platform::Unspecified)).await.unwrap().into_inner();
+    let mut ids: Vec<_> = response.results.iter().map(|r| r.device_id.clone()).collect();
     ids.sort();
     assert_eq!(ids, vec!["bob-phone", "phone"]);
     server.stop().await;
 }
 
 async fn connect_as(server: &TestServer, id: &str, user: &str) -> longlink::client::Device {
-    let mut device = longlink::client::Device::connect(&server.tcp())
-        .await
-        .unwrap();
+    let mut device = longlink::client::Device::connect(&server.tcp()).await.unwrap();
     let hello = longlink::client::hello(APP, id, &server.user_token(id, user), 0);
     let welcome = within(5, device.hello(hello)).await.unwrap();
     assert_eq!(welcome.user_id, user);
@@ -227,9 +170,7 @@ async fn connect_as(server: &TestServer, id: &str, user: &str) -> longlink::clie
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_reports_session_and_device_report_then_offline() {
     let server = start().await;
-    let mut device = longlink::client::Device::connect(&server.tls())
-        .await
-        .unwrap();
+    let mut device = longlink::client::Device::connect(&server.tls()).await.unwrap();
     let mut hello = longlink::client::hello(APP, "p1", &server.user_token("p1", "u7"), 45);
     hello.app_version = "3.2.1".into();
     hello.platform = Platform::Harmony as i32;
@@ -243,10 +184,8 @@ async fn presence_reports_session_and_device_report_then_offline() {
     });
     let welcome = device.hello(hello).await.unwrap();
     let mut router = server.router().await;
-    let ask = || PresenceRequest {
-        app_id: APP.into(),
-        device_ids: vec!["p1".into(), "ghost".into()],
-    };
+    let ask =
+        || PresenceRequest { app_id: APP.into(), device_ids: vec!["p1".into(), "ghost".into()] };
     let presence = router.presence(ask()).await.unwrap().into_inner().devices;
     let p = &presence[0];
     assert!(p.known && p.online);
@@ -266,34 +205,17 @@ async fn presence_reports_session_and_device_report_then_offline() {
     // A new report replaces the old one; then the device goes away.
     let mut changed = report.clone();
     changed.notifications_enabled = false;
-    device
-        .send(client_frame::Frame::Report(Report {
-            report: Some(changed),
-        }))
-        .await
-        .unwrap();
-    device
-        .send(client_frame::Frame::Ack(Ack::default()))
-        .await
-        .unwrap();
+    device.send(client_frame::Frame::Report(Report { report: Some(changed) })).await.unwrap();
+    device.send(client_frame::Frame::Ack(Ack::default())).await.unwrap();
     let key = DeviceKey::new(APP, "p1");
     eventually(5, || {
-        server
-            .node()
-            .hub
-            .with_device(&key, |d| d.report.as_ref().unwrap().notifications_enabled)
+        server.node().hub.with_device(&key, |d| d.report.as_ref().unwrap().notifications_enabled)
             == Some(false)
     })
     .await;
     drop(device);
     eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
-    let p = router
-        .presence(ask())
-        .await
-        .unwrap()
-        .into_inner()
-        .devices
-        .remove(0);
+    let p = router.presence(ask()).await.unwrap().into_inner().devices.remove(0);
     assert!(p.known && !p.online);
     assert!(p.last_seen_ms > 0 && p.session_id.is_empty());
     server.stop().await;
@@ -318,27 +240,17 @@ async fn kick_closes_with_operator_reason_and_the_requested_reconnect_hint() {
         }
         other => panic!("expected a kick, got {other:?}"),
     }
-    assert!(matches!(
-        within(5, device.recv_any()).await,
-        Err(ClientError::Closed)
-    ));
+    assert!(matches!(within(5, device.recv_any()).await, Err(ClientError::Closed)));
     let key = DeviceKey::new(APP, "k1");
     eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
-    assert!(
-        !router.kick(kick(true)).await.unwrap().into_inner().kicked,
-        "nobody left to kick"
-    );
+    assert!(!router.kick(kick(true)).await.unwrap().into_inner().kicked, "nobody left to kick");
 
     let (mut device, _) = server.device("k1").await;
     assert!(router.kick(kick(true)).await.unwrap().into_inner().kicked);
     match within(5, device.recv()).await {
         Err(ClientError::Kicked(k)) => {
             assert!(k.reconnect);
-            assert!(
-                (1_000..=60_000).contains(&k.reconnect_after_ms),
-                "{}",
-                k.reconnect_after_ms
-            );
+            assert!((1_000..=60_000).contains(&k.reconnect_after_ms), "{}", k.reconnect_after_ms);
         }
         other => panic!("expected a kick, got {other:?}"),
     }

@@ -19,10 +19,7 @@ async fn refused_with(server: &TestServer, hello: Hello) -> ErrorCode {
     let mut device = Device::connect(&server.tcp()).await.unwrap();
     match within(5, device.hello(hello)).await {
         Err(ClientError::Refused(e)) => {
-            assert!(matches!(
-                within(5, device.recv_any()).await,
-                Err(ClientError::Closed)
-            ));
+            assert!(matches!(within(5, device.recv_any()).await, Err(ClientError::Closed)));
             e.code()
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -43,36 +40,21 @@ async fn each_kind_of_bad_token_is_refused_with_its_code_and_no_session() {
     let body = good.split('.').nth(1).unwrap().to_string();
     let cases = [
         ("not-a-jwt".to_string(), ErrorCode::TokenMalformed),
-        (
-            format!("eyJhbGciOiJub25lIn0.{body}."),
-            ErrorCode::TokenAlgorithm,
-        ),
-        (
-            format!("{}AA", &good[..good.len() - 2]),
-            ErrorCode::TokenSignature,
-        ),
+        (format!("eyJhbGciOiJub25lIn0.{body}."), ErrorCode::TokenAlgorithm),
+        (format!("{}AA", &good[..good.len() - 2]), ErrorCode::TokenSignature),
         (with(&|c| c.exp = now - 120), ErrorCode::TokenExpired),
         (with(&|c| c.iat = now + 120), ErrorCode::TokenNotYetValid),
         (with(&|c| c.app = "other".into()), ErrorCode::TokenWrongApp),
         (with(&|c| c.sub = "d2".into()), ErrorCode::TokenWrongDevice),
     ];
     for (token, code) in cases {
-        assert_eq!(
-            refused_with(&server, hello(APP, "d1", &token, 0)).await,
-            code
-        );
+        assert_eq!(refused_with(&server, hello(APP, "d1", &token, 0)).await, code);
     }
     let key = DeviceKey::new(APP, "d1");
     assert!(server.node().hub.sessions.get(&key).is_none());
-    assert!(
-        server.node().hub.with_device(&key, |_| ()).is_none(),
-        "no device recorded"
-    );
-    let failures = metric(
-        &server,
-        "longlink_handshake_failures_total{reason=\"token_expired\"}",
-    )
-    .await;
+    assert!(server.node().hub.with_device(&key, |_| ()).is_none(), "no device recorded");
+    let failures =
+        metric(&server, "longlink_handshake_failures_total{reason=\"token_expired\"}").await;
     assert!(failures >= 1.0);
     server.stop().await;
 }
@@ -83,10 +65,7 @@ async fn bad_hello_fields_are_refused_with_their_codes() {
     let token = server.token("d1");
     let mut old = hello(APP, "d1", &token, 0);
     old.protocol_version = 9;
-    assert_eq!(
-        refused_with(&server, old).await,
-        ErrorCode::UnsupportedVersion
-    );
+    assert_eq!(refused_with(&server, old).await, ErrorCode::UnsupportedVersion);
     assert_eq!(
         refused_with(&server, hello("ghost-app", "d1", &token, 0)).await,
         ErrorCode::UnknownApp
@@ -109,10 +88,7 @@ async fn a_first_frame_other_than_hello_is_refused() {
 
     let (mut device, _) = server.device("twice").await;
     let again = hello(APP, "twice", &server.token("twice"), 0);
-    device
-        .send(client_frame::Frame::Hello(again))
-        .await
-        .unwrap();
+    device.send(client_frame::Frame::Hello(again)).await.unwrap();
     assert_eq!(refusal(&mut device).await, ErrorCode::UnexpectedFrame);
     server.stop().await;
 }
@@ -121,9 +97,7 @@ async fn a_first_frame_other_than_hello_is_refused() {
 async fn refusal(device: &mut Device) -> ErrorCode {
     let frames = within(5, device.until_closed()).await;
     match frames.last() {
-        Some(ServerFrame {
-            frame: Some(server_frame::Frame::Error(e)),
-        }) => e.code(),
+        Some(ServerFrame { frame: Some(server_frame::Frame::Error(e)) }) => e.code(),
         other => panic!("expected an error frame last, got {other:?}"),
     }
 }
@@ -133,20 +107,12 @@ async fn handshake_deadline_holds_against_silence_and_trickling() {
     let server = start_with(|c| c.device.handshake_timeout_ms = 1_000).await;
     let started = Instant::now();
     let mut silent = Device::connect(&server.tcp()).await.unwrap();
-    assert!(matches!(
-        within(5, silent.recv_any()).await,
-        Err(ClientError::Closed)
-    ));
+    assert!(matches!(within(5, silent.recv_any()).await, Err(ClientError::Closed)));
     let silent_took = started.elapsed();
 
     // A valid Hello sent one byte every 200 ms would take far longer than the deadline.
     let bytes = longlink::frame::encode(&ClientFrame {
-        frame: Some(client_frame::Frame::Hello(hello(
-            APP,
-            "slow",
-            &server.token("slow"),
-            0,
-        ))),
+        frame: Some(client_frame::Frame::Hello(hello(APP, "slow", &server.token("slow"), 0))),
     });
     let started = Instant::now();
     let mut trickle = Device::connect(&server.tcp()).await.unwrap();
@@ -162,10 +128,7 @@ async fn handshake_deadline_holds_against_silence_and_trickling() {
         }
     }
     if !closed {
-        assert!(matches!(
-            within(5, trickle.recv_any()).await,
-            Err(ClientError::Closed)
-        ));
+        assert!(matches!(within(5, trickle.recv_any()).await, Err(ClientError::Closed)));
     }
     let trickle_took = started.elapsed();
     for took in [silent_took, trickle_took] {
@@ -174,11 +137,8 @@ async fn handshake_deadline_holds_against_silence_and_trickling() {
             "{took:?}"
         );
     }
-    let timeouts = metric(
-        &server,
-        "longlink_handshake_failures_total{reason=\"handshake_timeout\"}",
-    )
-    .await;
+    let timeouts =
+        metric(&server, "longlink_handshake_failures_total{reason=\"handshake_timeout\"}").await;
     assert_eq!(timeouts, 2.0);
     server.stop().await;
 }
@@ -186,9 +146,7 @@ async fn handshake_deadline_holds_against_silence_and_trickling() {
 /// A length-prefixed `Ping` frame whose protobuf body is exactly `len` bytes, padded with
 /// an unknown bytes field (field 15 of ClientFrame, which decoders skip).
 fn ping_of_len(len: usize) -> Vec<u8> {
-    let base = ClientFrame {
-        frame: Some(client_frame::Frame::Ping(Ping { client_time_ms: 1 })),
-    };
+    let base = ClientFrame { frame: Some(client_frame::Frame::Ping(Ping { client_time_ms: 1 })) };
     let mut body = base.encode_to_vec();
     let room = len - body.len() - 1; // one byte for the tag 0x7a
     let pad = (1..=5)
@@ -268,10 +226,7 @@ async fn huge_declared_lengths_close_at_once_without_allocating() {
     assert!(grown < 8 * 1024, "RSS grew by {grown} KiB");
     bystander.ping().await.unwrap();
     let pong = within(5, bystander.recv()).await.unwrap();
-    assert!(
-        matches!(pong.frame, Some(server_frame::Frame::Pong(_))),
-        "others unaffected"
-    );
+    assert!(matches!(pong.frame, Some(server_frame::Frame::Pong(_))), "others unaffected");
     server.stop().await;
 }
 

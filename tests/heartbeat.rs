@@ -47,18 +47,12 @@ async fn a_silent_connection_is_closed_within_a_second_of_its_deadline() {
         Err(ClientError::Kicked(k)) => assert_eq!(k.reason(), KickReason::HeartbeatTimeout),
         other => panic!("expected Kick(heartbeat timeout), got {other:?}"),
     }
-    assert!(
-        took >= Duration::from_millis(1500),
-        "closed early: {took:?}"
-    );
+    assert!(took >= Duration::from_millis(1500), "closed early: {took:?}");
     assert!(took < Duration::from_millis(2500), "closed late: {took:?}");
 
     let mut talker = within(10, chat).await.unwrap();
     let key = DeviceKey::new(APP, "chatty");
-    assert!(
-        server.node().hub.sessions.get(&key).is_some(),
-        "a talking device stays"
-    );
+    assert!(server.node().hub.sessions.get(&key).is_some(), "a talking device stays");
     // Drain the pongs: the talker's connection is healthy.
     let frame = within(5, talker.recv()).await.unwrap();
     assert!(matches!(frame.frame, Some(server_frame::Frame::Pong(_))));
@@ -86,10 +80,7 @@ async fn messages_written_to_a_dead_peer_are_redelivered_after_it_reconnects() {
         ids.push(response.message_id);
     }
     let mut router = server.router().await;
-    let ask = || PresenceRequest {
-        app_id: APP.into(),
-        device_ids: vec!["d".into()],
-    };
+    let ask = || PresenceRequest { app_id: APP.into(), device_ids: vec!["d".into()] };
     within(10, async {
         while router.presence(ask()).await.unwrap().into_inner().devices[0].online {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -97,16 +88,9 @@ async fn messages_written_to_a_dead_peer_are_redelivered_after_it_reconnects() {
     })
     .await;
     let offline_after = started.elapsed();
-    assert!(
-        offline_after < Duration::from_millis(4_500),
-        "offline only after {offline_after:?}"
-    );
+    assert!(offline_after < Duration::from_millis(4_500), "offline only after {offline_after:?}");
     let key = DeviceKey::new(APP, "d");
-    assert_eq!(
-        server.node().hub.pending(&key),
-        3,
-        "nothing written to the dead socket counts"
-    );
+    assert_eq!(server.node().hub.pending(&key), 3, "nothing written to the dead socket counts");
     drop(dead);
 
     let mut device = Device::connect(&server.tcp()).await.unwrap();
@@ -122,10 +106,7 @@ async fn messages_written_to_a_dead_peer_are_redelivered_after_it_reconnects() {
     device.ack(3).await.unwrap();
     device.ping().await.unwrap();
     let frame = within(5, device.recv()).await.unwrap();
-    assert!(
-        matches!(frame.frame, Some(server_frame::Frame::Pong(_))),
-        "no fourth message"
-    );
+    assert!(matches!(frame.frame, Some(server_frame::Frame::Pong(_))), "no fourth message");
     eventually(5, || server.node().hub.pending(&key) == 0).await;
     server.stop().await;
 }

@@ -48,9 +48,7 @@ async fn drain_kicks_every_session_with_spread_delays_refuses_newcomers_and_exit
         Err(_) => true,
         Ok(mut d) => {
             let token = server.token("late");
-            within(5, d.hello(hello(APP, "late", &token, 0)))
-                .await
-                .is_err()
+            within(5, d.hello(hello(APP, "late", &token, 0))).await.is_err()
         }
     };
     assert!(refused, "a newcomer got in during the drain");
@@ -58,11 +56,7 @@ async fn drain_kicks_every_session_with_spread_delays_refuses_newcomers_and_exit
     assert_eq!(server_running.node.hub.sessions.len(), 0);
     let mut server = server;
     within(10, server.running.take().unwrap().stopped()).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "drain took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "drain took {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,26 +76,18 @@ async fn router_keys_are_required_and_limited_to_their_apps() {
         apps: apps.iter().map(|a| a.to_string()).collect(),
     };
     let server = start_with(|c| {
-        c.router.keys = vec![
-            key("all-apps-key-0123", &[]),
-            key("other-app-key-0123", &["other"]),
-        ];
+        c.router.keys = vec![key("all-apps-key-0123", &[]), key("other-app-key-0123", &["other"])];
     })
     .await;
     let url = format!("http://{}", server.running().router_addr);
-    let ask = || PresenceRequest {
-        app_id: APP.into(),
-        device_ids: vec!["x".into()],
-    };
+    let ask = || PresenceRequest { app_id: APP.into(), device_ids: vec!["x".into()] };
     let call = |bearer: Option<&'static str>| {
         let url = url.clone();
         async move {
             let mut client = RouterClient::connect(url).await.unwrap();
             let mut request = tonic::Request::new(ask());
             if let Some(b) = bearer {
-                request
-                    .metadata_mut()
-                    .insert("authorization", MetadataValue::from_static(b));
+                request.metadata_mut().insert("authorization", MetadataValue::from_static(b));
             }
             client.presence(request).await
         }
@@ -135,11 +121,7 @@ async fn handshakes_over_the_admission_limit_get_busy_with_a_retry_delay() {
     match within(5, late.recv()).await {
         Err(ClientError::Refused(e)) => {
             assert_eq!(e.code(), ErrorCode::Busy);
-            assert!(
-                (1_500..=3_000).contains(&e.retry_after_ms),
-                "{}",
-                e.retry_after_ms
-            );
+            assert!((1_500..=3_000).contains(&e.retry_after_ms), "{}", e.retry_after_ms);
         }
         other => panic!("expected BUSY, got {other:?}"),
     }
@@ -148,10 +130,7 @@ async fn handshakes_over_the_admission_limit_get_busy_with_a_retry_delay() {
     within(5, async {
         loop {
             let mut d = Device::connect(&server.tcp()).await.unwrap();
-            if d.hello(hello(APP, "ok", &server.token("ok"), 0))
-                .await
-                .is_ok()
-            {
+            if d.hello(hello(APP, "ok", &server.token("ok"), 0)).await.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -171,10 +150,7 @@ async fn admin_endpoints_answer_health_readiness_and_metrics() {
     assert_eq!(http_get(admin, "/nope").await.0, 404);
     let (status, body) = http_get(admin, "/metrics").await;
     assert_eq!(status, 200);
-    assert!(
-        body.contains("longlink_handshakes_total{transport=\"tcp\"}"),
-        "{body}"
-    );
+    assert!(body.contains("longlink_handshakes_total{transport=\"tcp\"}"), "{body}");
     // Other tests in this process run servers too, so only the series is checked here.
     assert!(body.contains("longlink_sessions{app=\"demo\"}"), "{body}");
     server.stop().await;

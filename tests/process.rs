@@ -54,41 +54,19 @@ fn serve(prefix: &str) -> Served {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Served {
-        child,
-        dir,
-        tcp,
-        tls,
-        api,
-    }
+    Served { child, dir, tcp, tls, api }
 }
 
 fn run(served: &Served, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(served.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(BIN).args(args).current_dir(served.dir.path()).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn client(served: &Served, device: &str, extra: &[&str]) -> Child {
     let token = run(served, &["token", "--app", "demo", "--device", device]);
     Command::new(BIN)
-        .args([
-            "client",
-            "--app",
-            "demo",
-            "--device",
-            device,
-            "--token",
-            token.trim(),
-        ])
+        .args(["client", "--app", "demo", "--device", device, "--token", token.trim()])
         .args(extra)
         .current_dir(served.dir.path())
         .stdout(Stdio::piped())
@@ -120,10 +98,7 @@ impl Events {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut events = Vec::new();
         while events.len() < n {
-            match self
-                .0
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
+            match self.0.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(event) => events.push(event),
                 Err(_) => break,
             }
@@ -158,22 +133,14 @@ fn the_readme_walkthrough_delivers_every_kind_over_tcp_and_tls() {
         "--count",
         "3",
     ];
-    for (device, extra) in [
-        ("phone-1", vec!["--addr", &served.tcp, "--count", "3"]),
-        ("phone-2", tls_args.to_vec()),
-    ] {
+    for (device, extra) in
+        [("phone-1", vec!["--addr", &served.tcp, "--count", "3"]), ("phone-2", tls_args.to_vec())]
+    {
         let mut c = client(&served, device, &extra);
         let out = Events::of(&mut c);
         let welcome = out.take(1, 10);
         assert_eq!(welcome[0]["event"], "welcome", "{welcome:?}");
-        let api = [
-            "--api",
-            served.api.as_str(),
-            "--app",
-            "demo",
-            "--device",
-            device,
-        ];
+        let api = ["--api", served.api.as_str(), "--app", "demo", "--device", device];
         let pushed: Vec<serde_json::Value> = [
             vec!["--title", "Hello", "--body", "World"],
             vec!["--badge", "5", "--badge-key", "inbox"],
@@ -191,10 +158,7 @@ fn the_readme_walkthrough_delivers_every_kind_over_tcp_and_tls() {
             assert_eq!(p["results"][0]["result"], "sent", "{p}");
         }
         let events = out.take(3, 10);
-        let kinds: Vec<_> = events
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap_or(""))
-            .collect();
+        let kinds: Vec<_> = events.iter().map(|e| e["kind"].as_str().unwrap_or("")).collect();
         assert_eq!(kinds, ["notification", "badge", "silent"], "{events:?}");
         assert_eq!(events[0]["title"], "Hello");
         assert_eq!(events[1]["badge"]["set"], 5);
@@ -208,15 +172,7 @@ fn the_readme_walkthrough_delivers_every_kind_over_tcp_and_tls() {
     // Every message was acked: nothing is pending on either device.
     let presence = run(
         &served,
-        &[
-            "presence",
-            "--api",
-            &served.api,
-            "--app",
-            "demo",
-            "--device",
-            "phone-1,phone-2",
-        ],
+        &["presence", "--api", &served.api, "--app", "demo", "--device", "phone-1,phone-2"],
     );
     assert_eq!(presence.lines().count(), 2, "{presence}");
 }
@@ -232,34 +188,18 @@ fn two_clients_with_one_device_id_do_not_take_each_other_over_in_a_loop() {
     let kicked = first_out.take(1, 10);
     assert_eq!(kicked[0]["event"], "kick");
     assert_eq!(kicked[0]["reason"], "KICK_REASON_REPLACED");
-    assert!(
-        wait_exit(&mut first, 5)
-            .expect("replaced client exits")
-            .success()
-    );
+    assert!(wait_exit(&mut first, 5).expect("replaced client exits").success());
     std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        second.try_wait().unwrap().is_none(),
-        "the newer client stays connected"
-    );
+    assert!(second.try_wait().unwrap().is_none(), "the newer client stays connected");
     let events = second_out.take(2, 2);
-    assert_eq!(
-        events.len(),
-        1,
-        "no second welcome: nothing reconnected: {events:?}"
-    );
+    assert_eq!(events.len(), 1, "no second welcome: nothing reconnected: {events:?}");
     assert_eq!(events[0]["event"], "welcome");
     let _ = second.kill();
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
@@ -268,31 +208,24 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn accepting_survives_descriptor_exhaustion_without_spinning() {
     let served = serve("ulimit -n 64;");
     let pid = served.child.id();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let addr = served.tcp.parse().unwrap();
-        let endpoint = longlink::client::Endpoint {
-            addr,
-            tls: None,
-            bind: None,
-        };
-        let token = |d: &str| {
-            run(&served, &["token", "--app", "demo", "--device", d])
-                .trim()
-                .to_string()
-        };
+        let endpoint = longlink::client::Endpoint { addr, tls: None, bind: None };
+        let token =
+            |d: &str| run(&served, &["token", "--app", "demo", "--device", d]).trim().to_string();
         let mut sessions = Vec::new();
         let mut pending = Vec::new();
         for i in 0..80 {
             let id = format!("fd{i}");
             let mut device = longlink::client::Device::connect(&endpoint).await.unwrap();
             device
-                .send(longlink::proto::device::client_frame::Frame::Hello(
-                    longlink::client::hello("demo", &id, &token(&id), 300),
-                ))
+                .send(longlink::proto::device::client_frame::Frame::Hello(longlink::client::hello(
+                    "demo",
+                    &id,
+                    &token(&id),
+                    300,
+                )))
                 .await
                 .unwrap();
             match tokio::time::timeout(Duration::from_millis(500), device.recv()).await {
@@ -303,11 +236,7 @@ fn accepting_survives_descriptor_exhaustion_without_spinning() {
                 break;
             }
         }
-        assert!(
-            pending.len() >= 10,
-            "the limit was never reached ({} sessions)",
-            sessions.len()
-        );
+        assert!(pending.len() >= 10, "the limit was never reached ({} sessions)", sessions.len());
         assert!(sessions.len() >= 20, "only {} sessions fit", sessions.len());
 
         // Exhausted: the accept loop must not spin, and sessions keep their heartbeats.
@@ -316,39 +245,23 @@ fn accepting_survives_descriptor_exhaustion_without_spinning() {
             for s in sessions.iter_mut().take(5) {
                 s.ping().await.unwrap();
                 let pong = tokio::time::timeout(Duration::from_secs(2), s.recv()).await;
-                assert!(
-                    matches!(pong, Ok(Ok(_))),
-                    "session lost its heartbeat while exhausted"
-                );
+                assert!(matches!(pong, Ok(Ok(_))), "session lost its heartbeat while exhausted");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let used = cpu_ticks(pid) - ticks; // clock ticks of 10 ms over about 2 s
-        assert!(
-            used < 20,
-            "server burned {used} ticks in 2 s while exhausted"
-        );
+        assert!(used < 20, "server burned {used} ticks in 2 s while exhausted");
 
         // Free twenty descriptors: the pending connections get in within about a second.
         sessions.truncate(sessions.len() - 20);
         let started = Instant::now();
         for mut device in pending.drain(..) {
             let welcome = tokio::time::timeout(Duration::from_secs(3), device.recv()).await;
-            assert!(
-                matches!(welcome, Ok(Ok(_))),
-                "pending connection not served: {welcome:?}"
-            );
+            assert!(matches!(welcome, Ok(Ok(_))), "pending connection not served: {welcome:?}");
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     });
     let log = std::fs::read_to_string(served.dir.path().join("serve.log")).unwrap();
     let complaints = log.matches("out of file descriptors").count();
-    assert!(
-        (1..=3).contains(&complaints),
-        "{complaints} exhaustion log lines in about 3 s"
-    );
+    assert!((1..=3).contains(&complaints), "{complaints} exhaustion log lines in about 3 s");
 }

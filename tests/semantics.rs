@@ -53,7 +53,10 @@ async fn a_lost_ack_means_one_flagged_resend_and_a_second_ack_is_harmless() {
     gone(&server, "d").await;
     let (mut device, _) = server.device("d").await;
     let again = next_push(&mut device).await;
-    assert_eq!((again.message_id.as_str(), again.seq, again.redelivery), (y.as_str(), push.seq, true));
+    assert_eq!(
+        (again.message_id.as_str(), again.seq, again.redelivery),
+        (y.as_str(), push.seq, true)
+    );
     device.ack(again.seq).await.unwrap();
     device.ack(again.seq).await.unwrap();
     let key = DeviceKey::new(APP, "d");
@@ -78,7 +81,8 @@ async fn a_long_backlog_is_replayed_whole_and_overflow_is_marked() {
         gone(&server, id).await;
         let mut router = server.router().await;
         let requests = (0..count).map(|i| notification(&[id], &format!("{i}")));
-        let mut responses = router.push_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
+        let mut responses =
+            router.push_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
         let mut n = 0;
         while let Some(r) = within(30, tokio_stream::StreamExt::next(&mut responses)).await {
             assert_eq!(r.unwrap().results[0].result(), Wire::Stored);
@@ -94,7 +98,9 @@ async fn a_long_backlog_is_replayed_whole_and_overflow_is_marked() {
                     titles.push(p.notification.unwrap().title.parse::<usize>().unwrap());
                     device.ack(p.seq).await.unwrap();
                 }
-                ServerFrame { frame: Some(server_frame::Frame::Missed(m)) } => missed = Some(m.count),
+                ServerFrame { frame: Some(server_frame::Frame::Missed(m)) } => {
+                    missed = Some(m.count)
+                }
                 _ => {}
             }
         }
@@ -200,14 +206,25 @@ async fn two_apps_with_the_same_device_ids_never_see_each_other_s_messages() {
     let server = start_with(|c| {
         c.apps = keys
             .iter()
-            .map(|(id, key)| AppConfig { id: (*id).into(), key: Some((*key).into()), key_file: None })
+            .map(|(id, key)| AppConfig {
+                id: (*id).into(),
+                key: Some((*key).into()),
+                key_file: None,
+            })
             .collect();
     })
     .await;
     let now = longlink::clock::unix_secs();
     let mut devices = Vec::new();
     for (app, secret) in keys {
-        let claims = Claims { sub: "same".into(), app: app.into(), uid: None, exp: now + 600, iat: now, nbf: None };
+        let claims = Claims {
+            sub: "same".into(),
+            app: app.into(),
+            uid: None,
+            exp: now + 600,
+            iat: now,
+            nbf: None,
+        };
         let token = AppKey::hs256(secret.as_bytes().to_vec()).sign(&claims);
         let mut d = Device::connect(&server.tcp()).await.unwrap();
         d.hello(hello(app, "same", &token, 0)).await.unwrap();
@@ -226,7 +243,14 @@ async fn two_apps_with_the_same_device_ids_never_see_each_other_s_messages() {
     eventually(5, || server.node().hub.pending(&shop) == 1).await;
     assert_eq!(server.node().hub.pending(&news), 0);
     // A token of one app never opens the other.
-    let claims = Claims { sub: "same".into(), app: "shop".into(), uid: None, exp: now + 600, iat: now, nbf: None };
+    let claims = Claims {
+        sub: "same".into(),
+        app: "shop".into(),
+        uid: None,
+        exp: now + 600,
+        iat: now,
+        nbf: None,
+    };
     let shop_token = AppKey::hs256(keys[0].1.as_bytes().to_vec()).sign(&claims);
     let mut d = Device::connect(&server.tcp()).await.unwrap();
     assert!(d.hello(hello("news", "same", &shop_token, 0)).await.is_err());

@@ -33,9 +33,7 @@ async fn stalled_readers_are_closed_as_slow_consumers_and_memory_stays_bounded()
     let request = PushRequest {
         app_id: APP.into(),
         request_id: String::new(),
-        target: Some(push_request::Target::Devices(Devices {
-            device_ids: ids.clone(),
-        })),
+        target: Some(push_request::Target::Devices(Devices { device_ids: ids.clone() })),
         message: Some(Message {
             kind: PushKind::Silent as i32,
             data: vec![7u8; 1024],
@@ -52,11 +50,7 @@ async fn stalled_readers_are_closed_as_slow_consumers_and_memory_stays_bounded()
     let mut n = 0;
     while let Some(response) = within(120, responses.next()).await {
         let response = response.unwrap();
-        sent += response
-            .results
-            .iter()
-            .filter(|r| r.result() == Wire::Sent)
-            .count();
+        sent += response.results.iter().filter(|r| r.result() == Wire::Sent).count();
         n += 1;
         if n % 500 == 0 {
             peak_rss = peak_rss.max(rss_kib());
@@ -70,26 +64,15 @@ async fn stalled_readers_are_closed_as_slow_consumers_and_memory_stays_bounded()
     let response = server.notify(&["healthy"], "still here").await;
     let push = next_push(&mut healthy).await;
     assert_eq!(push.message_id, response.message_id);
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "healthy push took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(1), "healthy push took {:?}", t.elapsed());
 
     eventually(10, || server.node().hub.sessions.len() == 1).await;
     let closes = metric(&server, "longlink_closes_total{reason=\"slow_consumer\"}").await;
     assert_eq!(closes, STALLED as f64);
-    assert_eq!(
-        metric(&server, "longlink_slow_consumer_closes_total").await,
-        STALLED as f64
-    );
+    assert_eq!(metric(&server, "longlink_slow_consumer_closes_total").await, STALLED as f64);
 
     let grown = peak_rss.saturating_sub(rss_before) as usize * 1024;
-    assert!(
-        grown < 2 * STALLED * CAP,
-        "grew {grown} bytes; bound {}",
-        2 * STALLED * CAP
-    );
+    assert!(grown < 2 * STALLED * CAP, "grew {grown} bytes; bound {}", 2 * STALLED * CAP);
     println!("sent {sent} before the cut; pushing took {pushing_took:?}; grew {grown} bytes");
 
     // Messages with a TTL are kept for the cut devices, up to the per-device cap.

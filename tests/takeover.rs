@@ -22,12 +22,7 @@ async fn the_old_connection_is_kicked_as_replaced() {
         }
         other => panic!("expected Kick(replaced), got {other:?}"),
     }
-    let live = server
-        .node()
-        .hub
-        .sessions
-        .get(&DeviceKey::new(APP, "t"))
-        .unwrap();
+    let live = server.node().hub.sessions.get(&DeviceKey::new(APP, "t")).unwrap();
     assert_eq!(format!("{:x}", live.id), welcome.session_id);
     server.stop().await;
 }
@@ -64,17 +59,8 @@ async fn racing_takeovers_never_disturb_the_new_session() {
         let (mut device, welcome) = within(5, newer).await.unwrap();
         // Let the old connection's cleanup run, whatever it does.
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let live = server
-            .node()
-            .hub
-            .sessions
-            .get(&key)
-            .expect("new session survives");
-        assert_eq!(
-            format!("{:x}", live.id),
-            welcome.session_id,
-            "round {round}"
-        );
+        let live = server.node().hub.sessions.get(&key).expect("new session survives");
+        assert_eq!(format!("{:x}", live.id), welcome.session_id, "round {round}");
         assert_eq!(server.node().hub.sessions.online(APP), 1, "round {round}");
         let response = server.notify(&["racer"], "after").await;
         // An ack from the previous round's dying connection may land after this one
@@ -84,14 +70,8 @@ async fn racing_takeovers_never_disturb_the_new_session() {
             if push.message_id == response.message_id {
                 break push;
             }
-            assert!(
-                push.redelivery,
-                "round {round}: an older message not flagged"
-            );
-            assert!(
-                seen.contains(&push.message_id),
-                "round {round}: unknown message"
-            );
+            assert!(push.redelivery, "round {round}: an older message not flagged");
+            assert!(seen.contains(&push.message_id), "round {round}: unknown message");
         };
         assert!(!push.redelivery, "round {round}");
         seen.insert(push.message_id);

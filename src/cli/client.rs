@@ -71,12 +71,8 @@ struct Progress {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let endpoint = endpoint(&args).await?;
-    let mut progress = Progress {
-        acked: 0,
-        received: 0,
-        seen: VecDeque::new(),
-        seen_set: HashSet::new(),
-    };
+    let mut progress =
+        Progress { acked: 0, received: 0, seen: VecDeque::new(), seen_set: HashSet::new() };
     let mut attempt = 0;
     loop {
         let next = session(&args, &endpoint, &mut progress, &mut attempt).await;
@@ -90,10 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Duration::from_millis(ms)
             }
         };
-        println!(
-            "{}",
-            json!({ "event": "reconnecting", "after_ms": delay.as_millis() as u64 })
-        );
+        println!("{}", json!({ "event": "reconnecting", "after_ms": delay.as_millis() as u64 }));
         tokio::time::sleep(delay).await;
     }
 }
@@ -108,24 +101,14 @@ async fn endpoint(args: &Args) -> anyhow::Result<Endpoint> {
     };
     let tls = if args.tls {
         let config = crate::tls::client_config(args.ca.as_deref(), args.insecure)?;
-        let host = args
-            .addr
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(&args.addr);
-        let name = args
-            .server_name
-            .clone()
-            .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+        let host = args.addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&args.addr);
+        let name =
+            args.server_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
         Some((config, ServerName::try_from(name)?))
     } else {
         None
     };
-    Ok(Endpoint {
-        addr,
-        tls,
-        bind: None,
-    })
+    Ok(Endpoint { addr, tls, bind: None })
 }
 
 async fn session(
@@ -246,10 +229,7 @@ fn failed(error: &ClientError) -> Next {
             }
         }
         other => {
-            println!(
-                "{}",
-                json!({ "event": "disconnected", "error": other.to_string() })
-            );
+            println!("{}", json!({ "event": "disconnected", "error": other.to_string() }));
             Next::Backoff
         }
     }

@@ -12,11 +12,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "longlink",
-    version,
-    about = "Persistent-connection push gateway"
-)]
+#[command(name = "longlink", version, about = "Persistent-connection push gateway")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,6 +30,8 @@ enum Command {
     Push(push::PushArgs),
     /// Prints the presence of devices as JSON.
     Presence(push::PresenceArgs),
+    /// Follows the receipts stream: one JSON object per event.
+    Receipts(push::ReceiptsArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -59,9 +57,8 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Client(args) => runtime()?.block_on(client::run(args)),
         Command::Push(args) => runtime()?.block_on(push::push(args)),
         Command::Presence(args) => runtime()?.block_on(push::presence(args)),
-        Command::Config {
-            command: ConfigCommand::Print { config },
-        } => {
+        Command::Receipts(args) => runtime()?.block_on(push::receipts(args)),
+        Command::Config { command: ConfigCommand::Print { config } } => {
             let config = crate::config::Config::load(config.as_deref(), std::env::vars())?;
             print!("{}", config.to_toml());
             Ok(std::process::ExitCode::SUCCESS)
@@ -70,7 +67,5 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }

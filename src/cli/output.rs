@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use crate::proto::device::{
     DeviceReport, Kick, KickReason, Platform, Push, PushKind, VendorChannel, badge,
 };
-use crate::proto::router::{DevicePresence, PushResponse, Result as Wire};
+use crate::proto::router::{DevicePresence, Event, PushResponse, ReceiptEvent, Result as Wire};
 
 pub fn push(p: &Push) -> Value {
     let mut v = json!({
@@ -121,4 +121,23 @@ fn report(r: &DeviceReport) -> Value {
         "os_version": r.os_version,
         "sdk_version": r.sdk_version,
     })
+}
+
+pub fn receipt(e: &ReceiptEvent) -> Value {
+    let event = Event::try_from(e.event).unwrap_or(Event::Unspecified);
+    let name = event.as_str_name().trim_start_matches("EVENT_").to_ascii_lowercase();
+    let mut v = json!({ "event": name, "app_id": e.app_id, "at_ms": e.at_ms });
+    if event == Event::Lost {
+        v["lost"] = json!(e.lost);
+        return v;
+    }
+    v["device_id"] = json!(e.device_id);
+    v["message_id"] = json!(e.message_id);
+    if e.seq > 0 {
+        v["seq"] = json!(e.seq);
+    }
+    if !e.reason.is_empty() {
+        v["reason"] = json!(e.reason);
+    }
+    v
 }

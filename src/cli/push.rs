@@ -6,6 +6,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::proto::device::{Badge, Notification, Platform, PushKind, badge};
+use crate::proto::router::ReceiptsRequest;
 use crate::proto::router::router_client::RouterClient;
 use crate::proto::router::{Devices, Message, PresenceRequest, PushRequest, User, push_request};
 
@@ -60,6 +61,17 @@ pub struct PushArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ReceiptsArgs {
+    #[command(flatten)]
+    api: Api,
+    #[arg(long)]
+    app: String,
+    /// Only events of this device.
+    #[arg(long, default_value = "")]
+    device: String,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct PresenceArgs {
     #[command(flatten)]
     api: Api,
@@ -76,22 +88,17 @@ async fn connect(
         tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
     >,
 > {
-    let channel = Channel::from_shared(format!("http://{}", api.api))?
-        .connect()
-        .await?;
+    let channel = Channel::from_shared(format!("http://{}", api.api))?.connect().await?;
     let bearer = match &api.router_key {
         Some(key) => Some(MetadataValue::try_from(format!("Bearer {key}"))?),
         None => None,
     };
-    Ok(RouterClient::with_interceptor(
-        channel,
-        move |mut req: tonic::Request<()>| {
-            if let Some(value) = &bearer {
-                req.metadata_mut().insert("authorization", value.clone());
-            }
-            Ok(req)
-        },
-    ))
+    Ok(RouterClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        if let Some(value) = &bearer {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }))
 }
 
 pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
@@ -100,9 +107,9 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             user_id: user.clone(),
             platform: parse_platform(args.platform.as_deref())? as i32,
         }),
-        (None, false) => push_request::Target::Devices(Devices {
-            device_ids: args.devices.clone(),
-        }),
+        (None, false) => {
+            push_request::Target::Devices(Devices { device_ids: args.devices.clone() })
+        }
         (None, true) => anyhow::bail!("name a target: --device ID or --user UID"),
     };
     let request = PushRequest {
@@ -156,13 +163,21 @@ fn parse_platform(name: Option<&str>) -> anyhow::Result<Platform> {
 
 pub async fn presence(args: PresenceArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.api).await?;
-    let request = PresenceRequest {
-        app_id: args.app,
-        device_ids: args.devices,
-    };
+    let request = PresenceRequest { app_id: args.app, device_ids: args.devices };
     let response = client.presence(request).await?.into_inner();
     for device in &response.devices {
         println!("{}", super::output::presence(device));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follows the receipts stream, printing one JSON object per event, until interrupted.
+pub async fn receipts(args: ReceiptsArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.api).await?;
+    let request = ReceiptsRequest { app_id: args.app, device_id: args.device };
+    let mut stream = client.receipts(request).await?.into_inner();
+    while let Some(event) = stream.message().await? {
+        println!("{}", super::output::receipt(&event));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,9 +26,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     crate::telemetry::init_logs(&config.log);
     crate::telemetry::prometheus();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let running = crate::server::start(config.clone()).await?;
         print_welcome(&config, &running);
@@ -69,9 +67,8 @@ async fn wait_for_signals(
 /// Re-reads the configuration and swaps in the app keys it names; the old keys stay in
 /// force when anything is wrong.
 fn reload(path: Option<&Path>, data_dir: &Path, running: &Running) {
-    let apps = Config::load(path, std::env::vars())
-        .map_err(anyhow::Error::from)
-        .and_then(|mut config| {
+    let apps =
+        Config::load(path, std::env::vars()).map_err(anyhow::Error::from).and_then(|mut config| {
             config.data_dir = data_dir.to_path_buf();
             crate::apps::Apps::load(&config)
         });
@@ -86,10 +83,7 @@ fn reload(path: Option<&Path>, data_dir: &Path, running: &Running) {
 
 fn print_welcome(config: &Config, running: &Running) {
     let bin = "cargo run --release --";
-    println!(
-        "longlink is running (data directory: {})",
-        config.data_dir.display()
-    );
+    println!("longlink is running (data directory: {})", config.data_dir.display());
     if let Some(addr) = running.tcp_addr {
         println!("  device TCP   {addr}");
     }

@@ -3,9 +3,7 @@ use crate::proto::device::{ClientFrame, Ping, client_frame};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn ping(n: i64) -> ClientFrame {
-    ClientFrame {
-        frame: Some(client_frame::Frame::Ping(Ping { client_time_ms: n })),
-    }
+    ClientFrame { frame: Some(client_frame::Frame::Ping(Ping { client_time_ms: n })) }
 }
 
 fn collect(decoder: &mut Decoder, chunk: &[u8], out: &mut Vec<ClientFrame>) {
@@ -32,11 +30,7 @@ fn random_chunking_decodes_identically() {
             at += n;
         }
         assert_eq!(out, frames);
-        assert_eq!(
-            decoder.buffered(),
-            0,
-            "nothing left over at a frame boundary"
-        );
+        assert_eq!(decoder.buffered(), 0, "nothing left over at a frame boundary");
     }
 }
 
@@ -52,67 +46,39 @@ fn frame_at_limit_passes_and_one_byte_more_is_refused() {
     at_limit[..4].copy_from_slice(&(limit as u32 + 1).to_be_bytes());
     assert_eq!(
         declared_len(&at_limit, limit),
-        Err(FrameError::TooLarge {
-            declared: limit as u64 + 1,
-            limit
-        })
+        Err(FrameError::TooLarge { declared: limit as u64 + 1, limit })
     );
 }
 
 #[test]
 fn huge_prefix_is_refused_before_any_body_arrives() {
     let mut decoder = Decoder::new(4096);
-    let err = decoder
-        .feed::<ClientFrame, _>(&[0xff, 0xff, 0xff, 0xff], |_| true)
-        .unwrap_err();
-    assert_eq!(
-        err,
-        FrameError::TooLarge {
-            declared: u32::MAX as u64,
-            limit: 4096
-        }
-    );
+    let err = decoder.feed::<ClientFrame, _>(&[0xff, 0xff, 0xff, 0xff], |_| true).unwrap_err();
+    assert_eq!(err, FrameError::TooLarge { declared: u32::MAX as u64, limit: 4096 });
     assert_eq!(decoder.buffered(), 0);
 }
 
 #[test]
 fn prefix_split_across_reads_is_checked_once_complete() {
     let mut decoder = Decoder::new(16);
-    decoder
-        .feed::<ClientFrame, _>(&[0x00, 0x00], |_| true)
-        .unwrap();
-    let err = decoder
-        .feed::<ClientFrame, _>(&[0x01, 0x00], |_| true)
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        FrameError::TooLarge {
-            declared: 256,
-            limit: 16
-        }
-    ));
+    decoder.feed::<ClientFrame, _>(&[0x00, 0x00], |_| true).unwrap();
+    let err = decoder.feed::<ClientFrame, _>(&[0x01, 0x00], |_| true).unwrap_err();
+    assert!(matches!(err, FrameError::TooLarge { declared: 256, limit: 16 }));
 }
 
 #[test]
 fn garbage_body_is_malformed_and_empty_frame_is_refused() {
     let mut decoder = Decoder::new(64);
-    let err = decoder
-        .feed::<ClientFrame, _>(&[0, 0, 0, 2, 0xff, 0xff], |_| true)
-        .unwrap_err();
+    let err = decoder.feed::<ClientFrame, _>(&[0, 0, 0, 2, 0xff, 0xff], |_| true).unwrap_err();
     assert!(matches!(err, FrameError::Malformed(_)));
     let mut decoder = Decoder::new(64);
-    let err = decoder
-        .feed::<ClientFrame, _>(&[0, 0, 0, 0], |_| true)
-        .unwrap_err();
+    let err = decoder.feed::<ClientFrame, _>(&[0, 0, 0, 0], |_| true).unwrap_err();
     assert_eq!(err, FrameError::Empty);
 }
 
 #[test]
 fn stopping_early_keeps_the_rest_for_the_next_feed() {
-    let bytes: Vec<u8> = [ping(1), ping(2)]
-        .iter()
-        .flat_map(|f| encode(f).to_vec())
-        .collect();
+    let bytes: Vec<u8> = [ping(1), ping(2)].iter().flat_map(|f| encode(f).to_vec()).collect();
     let mut decoder = Decoder::new(64);
     let mut first = Vec::new();
     decoder

@@ -14,10 +14,7 @@ fn hub() -> Hub {
 
 fn hub_in(dir: tempfile::TempDir) -> Hub {
     let limits = HubLimits {
-        outbound: OutboundLimits {
-            max_frames: 100_000,
-            max_bytes: usize::MAX,
-        },
+        outbound: OutboundLimits { max_frames: 100_000, max_bytes: usize::MAX },
         // Wide open: this test is about ordering, the window has its own tests.
         send_window: 100_000,
         pending_max: 100_000,
@@ -39,10 +36,7 @@ fn session(id: u64) -> Session {
 }
 
 fn message(i: u64) -> Arc<Message> {
-    Arc::new(Message::new(Push {
-        message_id: format!("m{i}"),
-        ..Default::default()
-    }))
+    Arc::new(Message::new(Push { message_id: format!("m{i}"), ..Default::default() }))
 }
 
 /// The seqs a link was handed, in the order it would write them.
@@ -65,9 +59,7 @@ fn pushes_racing_takeovers_stay_in_order_on_every_link() {
         let hub = Arc::new(hub());
         let key = DeviceKey::new("a", "d");
         hub.connect(&key, Profile::default(), session(1));
-        let links = Arc::new(parking_lot::Mutex::new(vec![
-            hub.sessions.link(&key).unwrap(),
-        ]));
+        let links = Arc::new(parking_lot::Mutex::new(vec![hub.sessions.link(&key).unwrap()]));
         let pusher = {
             let (hub, key) = (hub.clone(), key.clone());
             std::thread::spawn(move || {
@@ -99,20 +91,13 @@ fn pushes_racing_takeovers_stay_in_order_on_every_link() {
         hub.connect(&key, Profile::default(), last);
         for link in links.lock().iter() {
             let got = seqs(link);
-            assert!(
-                got.windows(2).all(|w| w[0].0 < w[1].0),
-                "round {round}: out of order"
-            );
+            assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "round {round}: out of order");
         }
         let replayed = seqs(&last_link);
         let expected: Vec<u64> = (1..=replayed.len() as u64).collect();
         let got: Vec<u64> = replayed.iter().map(|(s, _)| *s).collect();
         assert_eq!(got.len(), hub.pending(&key), "round {round}");
-        assert_eq!(
-            got,
-            expected[..got.len()].to_vec(),
-            "round {round}: gaps in the replay"
-        );
+        assert_eq!(got, expected[..got.len()].to_vec(), "round {round}: gaps in the replay");
     }
 }
 
@@ -120,22 +105,13 @@ fn pushes_racing_takeovers_stay_in_order_on_every_link() {
 fn a_stale_disconnect_leaves_the_new_session_and_its_user_binding() {
     let hub = hub();
     let key = DeviceKey::new("a", "d");
-    let profile = Profile {
-        user: Some("u".into()),
-        ..Default::default()
-    };
+    let profile = Profile { user: Some("u".into()), ..Default::default() };
     hub.connect(&key, profile.clone(), session(1));
     hub.connect(&key, profile, session(2));
     hub.disconnect(&key, 1, 5);
     assert_eq!(hub.sessions.get(&key).map(|s| s.id), Some(2));
     let app: Arc<str> = "a".into();
-    assert_eq!(
-        hub.user_devices(&app, "u", Platform::Unspecified),
-        vec![key.clone()]
-    );
+    assert_eq!(hub.user_devices(&app, "u", Platform::Unspecified), vec![key.clone()]);
     hub.bind(&key, None);
-    assert!(
-        hub.user_devices(&app, "u", Platform::Unspecified)
-            .is_empty()
-    );
+    assert!(hub.user_devices(&app, "u", Platform::Unspecified).is_empty());
 }

@@ -43,16 +43,10 @@ impl Keys {
             .into_iter()
             .map(|(secret, apps)| Key {
                 secret: secret.into_bytes(),
-                access: if apps.is_empty() {
-                    Access::All
-                } else {
-                    Access::Apps(apps.into())
-                },
+                access: if apps.is_empty() { Access::All } else { Access::Apps(apps.into()) },
             })
             .collect();
-        Keys {
-            keys: Arc::new(keys),
-        }
+        Keys { keys: Arc::new(keys) }
     }
 
     pub fn is_empty(&self) -> bool {

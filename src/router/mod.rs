@@ -4,6 +4,7 @@
 pub mod auth;
 mod presence;
 mod push;
+mod receipts;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::node::Node;
 use crate::proto::router::router_server::Router;
 use crate::proto::router::{
     KickRequest, KickResponse, PresenceRequest, PresenceResponse, PushRequest, PushResponse,
+    ReceiptEvent, ReceiptsRequest,
 };
 use crate::session::DeviceKey;
 use auth::Access;
@@ -38,17 +40,11 @@ impl Service {
 
 /// The access the interceptor granted, checked against `app`.
 fn authorize<T>(request: &Request<T>, app: &str) -> Result<(), Status> {
-    let access = request
-        .extensions()
-        .get::<Access>()
-        .cloned()
-        .unwrap_or(Access::All);
+    let access = request.extensions().get::<Access>().cloned().unwrap_or(Access::All);
     if access.allows(app) {
         Ok(())
     } else {
-        Err(Status::permission_denied(format!(
-            "app_not_allowed: this key may not act for `{app}`"
-        )))
+        Err(Status::permission_denied(format!("app_not_allowed: this key may not act for `{app}`")))
     }
 }
 
@@ -61,6 +57,7 @@ fn known_app(node: &Node, app: &str) -> Result<Arc<str>, Status> {
 }
 
 type PushStream = Pin<Box<dyn Stream<Item = Result<PushResponse, Status>> + Send>>;
+type ReceiptStream = Pin<Box<dyn Stream<Item = Result<ReceiptEvent, Status>> + Send>>;
 type Answering = tokio::task::JoinHandle<Result<PushResponse, Status>>;
 
 /// Serves one PushStream call. Requests are delivered one after the other, in order, so
@@ -123,9 +120,7 @@ impl Router for Service {
         let inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BACKLOG);
         tokio::spawn(stream_pushes(self.node.clone(), access, inbound, tx));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn presence(
@@ -136,21 +131,25 @@ impl Router for Service {
         presence::presence(&self.node, request.into_inner()).map(Response::new)
     }
 
+    type ReceiptsStream = ReceiptStream;
+
+    async fn receipts(
+        &self,
+        request: Request<ReceiptsRequest>,
+    ) -> Result<Response<ReceiptStream>, Status> {
+        authorize(&request, &request.get_ref().app_id)?;
+        known_app(&self.node, &request.get_ref().app_id)?;
+        let rx = receipts::subscribe(&self.node, request.into_inner());
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
         authorize(&request, &request.get_ref().app_id)?;
         let req = request.into_inner();
         let app = known_app(&self.node, &req.app_id)?;
-        let key = DeviceKey {
-            app,
-            device: req.device_id.as_str().into(),
-        };
-        let reconnect_after_ms = req
-            .reconnect
-            .then(|| self.node.settings.reconnect_delay_ms());
-        let kicked = self
-            .node
-            .hub
-            .kick(&key, CloseReason::Operator { reconnect_after_ms });
+        let key = DeviceKey { app, device: req.device_id.as_str().into() };
+        let reconnect_after_ms = req.reconnect.then(|| self.node.settings.reconnect_delay_ms());
+        let kicked = self.node.hub.kick(&key, CloseReason::Operator { reconnect_after_ms });
         metrics::counter!("longlink_kicks_total", "reason" => "operator").increment(kicked as u64);
         tracing::info!(app = %key.app, device = %key.device, kicked, "kick requested");
         Ok(Response::new(KickResponse { kicked }))

@@ -9,19 +9,14 @@ use crate::session::DeviceKey;
 pub fn presence(node: &Node, request: PresenceRequest) -> Result<PresenceResponse, Status> {
     let app = super::known_app(node, &request.app_id)?;
     if request.device_ids.len() > super::push::MAX_DEVICES {
-        return Err(Status::invalid_argument(
-            "bad_target: at most 1000 devices per request",
-        ));
+        return Err(Status::invalid_argument("bad_target: at most 1000 devices per request"));
     }
     let now = crate::clock::unix_ms();
     let devices = request
         .device_ids
         .into_iter()
         .map(|id| {
-            let key = DeviceKey {
-                app: app.clone(),
-                device: id.as_str().into(),
-            };
+            let key = DeviceKey { app: app.clone(), device: id.as_str().into() };
             one(node, key, id, now)
         })
         .collect();
@@ -40,10 +35,7 @@ fn one(node: &Node, key: DeviceKey, device_id: String, now: i64) -> DevicePresen
         report: d.report.as_deref().cloned(),
         ..Default::default()
     }) else {
-        return DevicePresence {
-            device_id,
-            ..Default::default()
-        };
+        return DevicePresence { device_id, ..Default::default() };
     };
     if let Some(session) = hub.sessions.get(&key) {
         presence.online = !session.link.is_closing();

@@ -108,7 +108,12 @@ fn to_one(node: &Node, key: DeviceKey, message: &Arc<Message>) -> DeviceResult {
         Outcome::NotDelivered { reason } => (Wire::NotDelivered, 0, reason),
         Outcome::UnknownDevice => (Wire::UnknownDevice, 0, "unknown_device"),
     };
-    DeviceResult { device_id: key.device.to_string(), result: result as i32, seq, reason: reason.into() }
+    DeviceResult {
+        device_id: key.device.to_string(),
+        result: result as i32,
+        seq,
+        reason: reason.into(),
+    }
 }
 
 fn rejected(device_id: String, reason: &str) -> DeviceResult {

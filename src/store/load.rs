@@ -34,7 +34,8 @@ impl Store {
         self.load_messages(&mut loaded, now_ms)?;
         self.load_requests(&mut loaded, now_ms)?;
         if loaded.corrupt > 0 {
-            metrics::counter!("longlink_store_corrupt_records_total").increment(loaded.corrupt as u64);
+            metrics::counter!("longlink_store_corrupt_records_total")
+                .increment(loaded.corrupt as u64);
         }
         Ok(loaded)
     }

@@ -206,7 +206,8 @@ impl Writer {
                 Op::Barrier(done) => waiters.push(done),
             }
         }
-        let mut result = if writes > 0 { batch.commit().map_err(|e| e.to_string()) } else { Ok(()) };
+        let mut result =
+            if writes > 0 { batch.commit().map_err(|e| e.to_string()) } else { Ok(()) };
         if result.is_ok() && self.fsync == Fsync::Always && !waiters.is_empty() {
             result = self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string());
             *last_sync = Instant::now();

@@ -25,11 +25,8 @@ impl Drop for Served {
 /// Starts `longlink serve` in `dir` through `sh -c` with `prefix` (such as `ulimit -n
 /// 64;`) and extra `LONGLINK_*` variables; waits until it printed its addresses.
 pub fn serve_in(dir: &Path, prefix: &str, env: &[(&str, &str)]) -> Served {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("serve.log"))
-        .unwrap();
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log")).unwrap();
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -79,7 +76,9 @@ impl Served {
         longlink::client::Endpoint { addr: self.tcp.parse().unwrap(), tls: None, bind: None }
     }
 
-    pub async fn router(&self) -> longlink::proto::router::router_client::RouterClient<tonic::transport::Channel> {
+    pub async fn router(
+        &self,
+    ) -> longlink::proto::router::router_client::RouterClient<tonic::transport::Channel> {
         let url = format!("http://{}", self.api);
         longlink::proto::router::router_client::RouterClient::connect(url).await.unwrap()
     }
@@ -87,7 +86,10 @@ impl Served {
     /// Sends `signal` (such as "TERM" or "KILL") and waits up to `secs` for the exit.
     pub fn signal(&mut self, signal: &str, secs: u64) -> Option<Duration> {
         let started = Instant::now();
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
         assert!(status.unwrap().success());
         while started.elapsed() < Duration::from_secs(secs) {
             if self.child.try_wait().unwrap().is_some() {

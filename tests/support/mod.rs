@@ -30,10 +30,7 @@ pub async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
 
 /// A configuration on free loopback ports with `dir` as data directory.
 pub fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config {
-        data_dir: dir.to_path_buf(),
-        ..Default::default()
-    };
+    let mut c = Config { data_dir: dir.to_path_buf(), ..Default::default() };
     c.device.tcp_addr = "127.0.0.1:0".into();
     c.device.tls_addr = "127.0.0.1:0".into();
     c.router.addr = "127.0.0.1:0".into();
@@ -58,11 +55,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     // With apps configured there is no demo key; such tests sign their own tokens.
     let demo_key = longlink::apps::key_path(dir.path(), APP);
     let secret = longlink::apps::read_secret(&demo_key).unwrap_or_default();
-    TestServer {
-        running: Some(running),
-        dir,
-        key: AppKey::hs256(secret.into_bytes()),
-    }
+    TestServer { running: Some(running), dir, key: AppKey::hs256(secret.into_bytes()) }
 }
 
 pub async fn start() -> TestServer {
@@ -99,22 +92,14 @@ impl TestServer {
     }
 
     pub fn tcp(&self) -> Endpoint {
-        Endpoint {
-            addr: self.running().tcp_addr.unwrap(),
-            tls: None,
-            bind: None,
-        }
+        Endpoint { addr: self.running().tcp_addr.unwrap(), tls: None, bind: None }
     }
 
     pub fn tls(&self) -> Endpoint {
         let ca = longlink::tls::generated_paths(self.dir.path()).0;
         let config = longlink::tls::client_config(Some(&ca), false).unwrap();
         let name = ServerName::try_from("localhost").unwrap();
-        Endpoint {
-            addr: self.running().tls_addr.unwrap(),
-            tls: Some((config, name)),
-            bind: None,
-        }
+        Endpoint { addr: self.running().tls_addr.unwrap(), tls: Some((config, name)), bind: None }
     }
 
     /// A device connected over plain TCP and past its handshake.
@@ -128,9 +113,7 @@ impl TestServer {
         id: &str,
         heartbeat: u32,
     ) -> (Device, Welcome) {
-        let mut device = within(5, Device::connect(endpoint))
-            .await
-            .expect("connects");
+        let mut device = within(5, Device::connect(endpoint)).await.expect("connects");
         let welcome = within(5, device.hello(hello(APP, id, &self.token(id), heartbeat)))
             .await
             .expect("welcomed");
@@ -139,18 +122,13 @@ impl TestServer {
 
     pub async fn router(&self) -> RouterClient<Channel> {
         let url = format!("http://{}", self.running().router_addr);
-        RouterClient::connect(url)
-            .await
-            .expect("router API connects")
+        RouterClient::connect(url).await.expect("router API connects")
     }
 
     /// Pushes a notification titled `title` to `devices`.
     pub async fn notify(&self, devices: &[&str], title: &str) -> PushResponse {
         let mut router = self.router().await;
-        within(5, router.push(notification(devices, title)))
-            .await
-            .expect("push")
-            .into_inner()
+        within(5, router.push(notification(devices, title))).await.expect("push").into_inner()
     }
 
     pub fn node(&self) -> &Arc<longlink::node::Node> {
@@ -189,9 +167,7 @@ pub fn notification(devices: &[&str], title: &str) -> PushRequest {
 pub async fn next_push(device: &mut Device) -> longlink::proto::device::Push {
     loop {
         match within(5, device.recv()).await.expect("frame") {
-            ServerFrame {
-                frame: Some(server_frame::Frame::Push(p)),
-            } => return p,
+            ServerFrame { frame: Some(server_frame::Frame::Push(p)) } => return p,
             _ => continue,
         }
     }
@@ -212,10 +188,7 @@ pub async fn metric(server: &TestServer, series: &str) -> f64 {
     let addr = server.running().admin_addr.unwrap();
     let body = http_get(addr, "/metrics").await.1;
     body.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or(0.0)
 }
 
@@ -223,15 +196,10 @@ pub async fn metric(server: &TestServer, series: &str) -> f64 {
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
     let mut text = String::new();
     within(5, s.read_to_string(&mut text)).await.unwrap();
     let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }

@@ -1,0 +1,59 @@
+//! The receipts feed: events about deliveries (sent, stored, acked, expired, dropped, and
+//! what the app reported), fanned out to router subscribers.
+//!
+//! Publishing never waits: the feed is a bounded broadcast ring, and a subscriber that
+//! falls behind loses the oldest events and is told how many, rather than holding up
+//! delivery. With no subscriber, publishing costs one atomic load.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::proto::router::{Event, ReceiptEvent};
+use crate::session::DeviceKey;
+
+/// Events a subscriber may fall behind by before it loses some.
+pub const CAPACITY: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub struct Receipts {
+    tx: broadcast::Sender<Arc<ReceiptEvent>>,
+}
+
+impl Default for Receipts {
+    fn default() -> Self {
+        Receipts { tx: broadcast::channel(CAPACITY).0 }
+    }
+}
+
+impl Receipts {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ReceiptEvent>> {
+        self.tx.subscribe()
+    }
+
+    /// True when someone listens; callers skip building events otherwise.
+    pub fn wanted(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
+    pub fn emit(&self, event: Event, key: &DeviceKey, message_id: &str, seq: u64, reason: &str) {
+        if !self.wanted() {
+            return;
+        }
+        let _ = self.tx.send(Arc::new(ReceiptEvent {
+            event: event as i32,
+            app_id: key.app.to_string(),
+            device_id: key.device.to_string(),
+            message_id: message_id.to_string(),
+            seq,
+            reason: reason.to_string(),
+            at_ms: crate::clock::unix_ms(),
+            lost: 0,
+        }));
+    }
+}
+
+/// Whether `event` matches a subscription to `app` and, if set, `device`.
+pub fn matches(event: &ReceiptEvent, app: &str, device: &str) -> bool {
+    event.app_id == app && (device.is_empty() || event.device_id == device)
+}
