@@ -23,6 +23,10 @@ pub enum CloseReason {
     InvalidHello,
     Token(TokenError),
     UnexpectedFrame,
+    /// More inbound frames per second than the configured allowance.
+    RateLimited,
+    /// The session's device token expired.
+    TokenExpired,
     /// At the handshake admission limit; carries the retry delay in milliseconds.
     Busy {
         retry_after_ms: u32,
@@ -65,6 +69,8 @@ impl CloseReason {
             InvalidHello => "invalid_hello",
             Token(e) => e.label(),
             UnexpectedFrame => "unexpected_frame",
+            RateLimited => "rate_limited",
+            TokenExpired => "session_token_expired",
             Busy { .. } => "busy",
             Refused { .. } => "draining_refused",
             HeartbeatTimeout => "heartbeat_timeout",
@@ -104,14 +110,17 @@ impl CloseReason {
         )
     }
 
-    /// The last frame to send the app before closing, if any.
-    pub fn frame(self) -> Option<ServerFrame> {
+    /// The last frame to send the app before closing, if any. `spread_ms` is the
+    /// randomized reconnect delay for reasons whose cause may repeat on reconnect (a slow
+    /// consumer), so that a device does not loop.
+    pub fn frame(self, spread_ms: u32) -> Option<ServerFrame> {
         use CloseReason::*;
         let frame = match self {
             PeerClosed | Io => return None,
             HeartbeatTimeout => kick(KickReason::HeartbeatTimeout, Some(0)),
             Replaced => kick(KickReason::Replaced, None),
-            SlowConsumer => kick(KickReason::SlowConsumer, Some(0)),
+            SlowConsumer => kick(KickReason::SlowConsumer, Some(spread_ms)),
+            TokenExpired => kick(KickReason::TokenExpired, Some(0)),
             Operator { reconnect_after_ms } => kick(KickReason::Operator, reconnect_after_ms),
             Draining { reconnect_after_ms } => kick(KickReason::Draining, Some(reconnect_after_ms)),
             other => server_frame::Frame::Error(error(other)),
@@ -141,6 +150,7 @@ fn error(reason: CloseReason) -> ErrorFrame {
         InvalidHello => (ErrorCode::InvalidHello, 0),
         Token(e) => (e.code(), 0),
         UnexpectedFrame => (ErrorCode::UnexpectedFrame, 0),
+        RateLimited => (ErrorCode::RateLimited, 0),
         Busy { retry_after_ms } => (ErrorCode::Busy, retry_after_ms),
         Refused { retry_after_ms } => (ErrorCode::Draining, retry_after_ms),
         _ => (ErrorCode::Unspecified, 0),
@@ -171,6 +181,8 @@ mod tests {
             CloseReason::Token(TokenError::WrongApp),
             CloseReason::Token(TokenError::WrongDevice),
             CloseReason::UnexpectedFrame,
+            CloseReason::RateLimited,
+            CloseReason::TokenExpired,
             CloseReason::Busy { retry_after_ms: 5 },
             CloseReason::Refused { retry_after_ms: 5 },
             CloseReason::HeartbeatTimeout,
@@ -181,7 +193,7 @@ mod tests {
         ];
         let mut seen = std::collections::HashSet::new();
         for reason in reasons {
-            let key = match reason.frame().and_then(|f| f.frame) {
+            let key = match reason.frame(7).and_then(|f| f.frame) {
                 Some(server_frame::Frame::Error(e)) => {
                     assert_ne!(e.code, 0, "{reason:?} has no code");
                     format!("error:{}", e.code)
@@ -197,9 +209,22 @@ mod tests {
         }
     }
 
+    /// A slow consumer that came straight back would overflow again: its kick carries the
+    /// spread delay it is given, never zero.
+    #[test]
+    fn a_slow_consumer_is_told_to_come_back_after_the_spread_delay() {
+        let Some(server_frame::Frame::Kick(k)) =
+            CloseReason::SlowConsumer.frame(12_345).unwrap().frame
+        else {
+            panic!("slow consumer must be a kick");
+        };
+        assert!(k.reconnect);
+        assert_eq!(k.reconnect_after_ms, 12_345);
+    }
+
     #[test]
     fn replaced_tells_the_app_not_to_reconnect() {
-        let Some(server_frame::Frame::Kick(k)) = CloseReason::Replaced.frame().unwrap().frame
+        let Some(server_frame::Frame::Kick(k)) = CloseReason::Replaced.frame(7).unwrap().frame
         else {
             panic!("replaced must be a kick");
         };

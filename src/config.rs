@@ -53,6 +53,10 @@ pub struct DeviceConfig {
     /// Handshakes in progress at once; connections beyond it get `Error(BUSY)` with a
     /// retry delay instead of waiting.
     pub max_handshakes: usize,
+    /// Costly inbound frames (Report, Bind, Unbind, Ack with message ids) per second one
+    /// connection may send; past it the connection is closed with `RATE_LIMITED`. Pings
+    /// and cumulative acks are not counted.
+    pub max_frames_per_sec: u32,
     /// Retry delay handed to connections refused at the handshake limit, in milliseconds
     /// (randomized between this and twice this).
     pub busy_retry_ms: u32,
@@ -220,6 +224,7 @@ impl Default for DeviceConfig {
             max_connections: 100_000,
             max_handshakes: 2_048,
             busy_retry_ms: 2_000,
+            max_frames_per_sec: 50,
             outbound_max_frames: 512,
             outbound_max_bytes: 256 * 1024,
             send_buffer_bytes: 64 * 1024,
@@ -348,6 +353,13 @@ impl Config {
             errors.push("heartbeat.timeout_factor: must lie within [1.0, 10.0]".into());
         }
         let d = &self.device;
+        // The largest push frame must fit the outbound queue, or it could never be sent.
+        if d.max_payload_bytes + 1024 > d.outbound_max_bytes {
+            errors.push("device.outbound_max_bytes: must exceed max_payload_bytes by 1 KiB".into());
+        }
+        if d.max_frames_per_sec == 0 {
+            errors.push("device.max_frames_per_sec: must be at least 1".into());
+        }
         if d.max_hello_frame_bytes > d.max_frame_bytes {
             errors.push("device.max_hello_frame_bytes: must not exceed max_frame_bytes".into());
         }

@@ -29,6 +29,8 @@ use crate::proto::device::{Bound, ClientFrame, Pong, ServerFrame, client_frame, 
 use crate::session::DeviceKey;
 use crate::stream::{Either, Stream};
 
+/// Message ids one `Ack` may list (the protocol's documented limit).
+const MAX_ACK_IDS: usize = 256;
 /// Bytes read per poll of the socket; lives on the stack only while polled.
 const READ_CHUNK: usize = 4096;
 /// Reads and writes per wake-up before yielding to other connections.
@@ -58,18 +60,33 @@ pub async fn serve(
     );
     async move {
         let _alive = node.track();
-        let deadline = node.settings.handshake_timeout;
-        let outcome = tokio::time::timeout(deadline, Box::pin(handshake::run(&node, socket, tls)))
-            .await
-            .unwrap_or(Err(Failed { reason: CloseReason::HandshakeTimeout, stream: None }));
-        drop(permit);
-        match outcome {
-            Ok(established) => live(node, established).await,
-            Err(failed) => refuse(failed).await,
-        }
+        // Only `Live` is kept across the long wait; the phases before and after it run in
+        // boxed futures whose state is freed as soon as they finish.
+        let Some(mut conn) = Box::pin(open(&node, socket, tls, permit)).await else { return };
+        let reason = (&mut conn).await;
+        Box::pin(close(conn, reason)).await;
     }
     .instrument(span)
     .await
+}
+
+/// Handshake, registration and `Welcome`; `None` when the connection did not make it.
+async fn open(
+    node: &Arc<Node>,
+    socket: TcpStream,
+    tls: Option<TlsAcceptor>,
+    permit: OwnedSemaphorePermit,
+) -> Option<Live> {
+    let deadline = tokio::time::Instant::now() + node.settings.handshake_timeout;
+    let outcome = handshake::run(node, socket, tls, deadline).await;
+    drop(permit);
+    match outcome {
+        Ok(established) => welcome(node, established).await,
+        Err(failed) => {
+            refuse(failed).await;
+            None
+        }
+    }
 }
 
 /// Answers a connection refused at the handshake limit and closes it.
@@ -91,11 +108,13 @@ async fn refuse(failed: Failed) {
     metrics::counter!("longlink_handshake_failures_total", "reason" => reason.label()).increment(1);
     log_close(reason);
     if let Some(stream) = failed.stream {
-        say_goodbye(stream, reason).await;
+        say_goodbye(stream, reason, 0).await;
     }
 }
 
-async fn live(node: Arc<Node>, established: Established) {
+/// Puts the session in the table, then tells the app: a router call made as soon as the
+/// app sees `Welcome` finds it online.
+async fn welcome(node: &Arc<Node>, established: Established) -> Option<Live> {
     let Established { mut stream, decoder, key, profile, session, welcome } = established;
     let span = tracing::Span::current();
     span.record("app", &*key.app);
@@ -106,26 +125,49 @@ async fn live(node: Arc<Node>, established: Established) {
     tracing::info!(heartbeat_secs = session.heartbeat_secs, "session established");
 
     let link = session.link.clone();
-    let id = session.id;
     node.hub.connect(&key, profile, session);
+    // A drain that started meanwhile may have missed this session in its sweep.
+    if node.is_draining() {
+        link.close(CloseReason::Draining {
+            reconnect_after_ms: node.settings.reconnect_delay_ms(),
+        });
+    }
     let greeted = tokio::time::timeout(FAREWELL_TIMEOUT, async {
         stream.write_all(&welcome).await?;
         stream.flush().await
     })
     .await;
     if !matches!(greeted, Ok(Ok(()))) {
-        node.hub.disconnect(&key, id, crate::clock::unix_ms());
+        node.hub.disconnect(&key, link.session_id, crate::clock::unix_ms());
+        metrics::counter!("longlink_closes_total", "reason" => "peer_closed").increment(1);
         log_close(CloseReason::PeerClosed);
-        return;
+        return None;
     }
     node.hub.heartbeats.watch(&link);
-    let mut conn =
-        Live { stream, decoder, link, node: node.clone(), key, writing: None, flush: false };
-    let reason = (&mut conn).await;
-    node.hub.disconnect(&conn.key, id, crate::clock::unix_ms());
+    let mut conn = Live {
+        stream,
+        decoder,
+        link,
+        node: node.clone(),
+        key,
+        writing: None,
+        flush: false,
+        budget: Budget::default(),
+    };
+    // Frames the app pipelined behind its Hello are already buffered: handle them now.
+    if let Err(reason) = conn.feed(&[]) {
+        conn.link.close(reason);
+    }
+    Some(conn)
+}
+
+/// Ends a session: out of the table, counted, logged, told why, closed.
+async fn close(conn: Live, reason: CloseReason) {
+    conn.node.hub.disconnect(&conn.key, conn.link.session_id, crate::clock::unix_ms());
     metrics::counter!("longlink_closes_total", "reason" => reason.label()).increment(1);
     log_close(reason);
-    say_goodbye(conn.stream, reason).await;
+    let spread = conn.node.settings.reconnect_delay_ms();
+    say_goodbye(conn.stream, reason, spread).await;
 }
 
 fn log_close(reason: CloseReason) {
@@ -136,13 +178,13 @@ fn log_close(reason: CloseReason) {
 }
 
 /// Sends the frame that tells the app why, then closes, within a bounded time.
-async fn say_goodbye(mut stream: Stream, reason: CloseReason) {
+async fn say_goodbye(mut stream: Stream, reason: CloseReason, spread_ms: u32) {
     let limit = match reason {
         CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout => FAREWELL_TIMEOUT_STUCK,
         _ => FAREWELL_TIMEOUT,
     };
     let _ = tokio::time::timeout(limit, async {
-        if let Some(frame) = farewell(reason) {
+        if let Some(frame) = farewell(reason, spread_ms) {
             stream.write_all(&frame).await?;
         }
         stream.shutdown().await
@@ -161,6 +203,30 @@ struct Live {
     writing: Option<Bytes>,
     /// Bytes were written since the last flush (TLS buffers them).
     flush: bool,
+    budget: Budget,
+}
+
+/// Costly inbound frames per second a connection may send (those that write to the store
+/// or scan a mailbox: Report, Bind, Unbind, Ack with ids), over a fixed one-second window,
+/// so that a misbehaving app cannot make the node write or compute without bound. Pings
+/// and cumulative acks are not counted: they cost a few atomic operations, and a device
+/// replaying a backlog acks as fast as it reads.
+#[derive(Debug, Default)]
+struct Budget {
+    window_start_ms: u64,
+    frames: u32,
+}
+
+impl Budget {
+    /// Counts `n` frames at `now_ms`; false once the window's allowance is spent.
+    fn spend(&mut self, n: u32, now_ms: u64, per_sec: u32) -> bool {
+        if now_ms >= self.window_start_ms + 1000 {
+            self.window_start_ms = now_ms;
+            self.frames = 0;
+        }
+        self.frames = self.frames.saturating_add(n);
+        self.frames <= per_sec
+    }
 }
 
 impl Future for &mut Live {
@@ -239,21 +305,45 @@ impl Live {
             return Err(CloseReason::PeerClosed);
         }
         self.link.touch(self.node.hub.heartbeats.now_ms());
+        let n = buf.filled().len();
+        self.feed(&chunk[..n])?;
+        Ok(true)
+    }
+
+    /// Decodes and handles every complete frame in `bytes` (and in what was buffered).
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
         let mut failure = None;
+        let mut frames = 0;
         let handler = Handler { node: &self.node, key: &self.key, link: &self.link };
         self.decoder
-            .feed::<ClientFrame, _>(buf.filled(), |frame| match handler.on_frame(frame) {
-                Ok(()) => true,
-                Err(reason) => {
-                    failure = Some(reason);
-                    false
+            .feed::<ClientFrame, _>(bytes, |frame| {
+                frames += costly(&frame) as u32;
+                match handler.on_frame(frame) {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        failure = Some(reason);
+                        false
+                    }
                 }
             })
             .map_err(frame_error)?;
-        match failure {
-            Some(reason) => Err(reason),
-            None => Ok(true),
+        if let Some(reason) = failure {
+            return Err(reason);
         }
+        let now = self.node.hub.heartbeats.now_ms();
+        if !self.budget.spend(frames, now, self.node.settings.max_frames_per_sec) {
+            return Err(CloseReason::RateLimited);
+        }
+        Ok(())
+    }
+}
+
+fn costly(frame: &ClientFrame) -> bool {
+    use client_frame::Frame;
+    match &frame.frame {
+        Some(Frame::Report(_) | Frame::Bind(_) | Frame::Unbind(_)) => true,
+        Some(Frame::Ack(ack)) => !ack.message_ids.is_empty(),
+        _ => false,
     }
 }
 
@@ -275,6 +365,9 @@ impl Handler<'_> {
                     server_time_ms: crate::clock::unix_ms(),
                 };
                 self.answer(server_frame::Frame::Pong(pong));
+            }
+            Some(Frame::Ack(ack)) if ack.message_ids.len() > MAX_ACK_IDS => {
+                return Err(CloseReason::Malformed);
             }
             Some(Frame::Ack(ack)) => {
                 let released = self.node.hub.ack(self.key, ack.seq, &ack.message_ids);
@@ -325,7 +418,8 @@ impl Handler<'_> {
         let claims = key
             .verify(token, &self.key.app, &self.key.device, crate::clock::unix_secs())
             .map_err(CloseReason::Token)?;
-        let user = claims.uid.filter(|u| !u.is_empty());
+        let user = crate::handshake::user_of(&claims)?;
+        self.link.set_token_expiry(claims.exp);
         self.node.hub.bind(self.key, user.as_deref());
         tracing::info!(user = user.as_deref().unwrap_or(""), "bound");
         self.answer(server_frame::Frame::Bound(Bound { user_id: user.unwrap_or_default() }));

@@ -46,26 +46,29 @@ pub struct Failed {
     pub stream: Option<Stream>,
 }
 
-/// Runs the TLS handshake (if `tls` is set) and the protocol handshake.
+/// Runs the TLS handshake (if `tls` is set) and the protocol handshake, both before
+/// `deadline`. A timeout after TLS keeps the stream, so the app is told why.
 pub async fn run(
     node: &Arc<Node>,
     socket: TcpStream,
     tls: Option<TlsAcceptor>,
+    deadline: tokio::time::Instant,
 ) -> Result<Established, Failed> {
+    let timed_out = |stream| Failed { reason: CloseReason::HandshakeTimeout, stream };
     let (mut stream, transport) = match tls {
         None => (Either::Tcp(socket), Transport::Tcp),
-        Some(acceptor) => match acceptor.accept(socket).await {
-            Ok(s) => (Either::Tls(Box::new(s)), Transport::Tls),
-            Err(_) => {
-                return Err(Failed { reason: CloseReason::Io, stream: None });
-            }
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
+            Ok(Ok(s)) => (Either::Tls(Box::new(s)), Transport::Tls),
+            Ok(Err(_)) => return Err(Failed { reason: CloseReason::Io, stream: None }),
+            Err(_) => return Err(timed_out(None)),
         },
     };
-    match greet(node, &mut stream, transport).await {
-        Ok((decoder, key, profile, session, welcome)) => {
+    match tokio::time::timeout_at(deadline, greet(node, &mut stream, transport)).await {
+        Ok(Ok((decoder, key, profile, session, welcome))) => {
             Ok(Established { stream, decoder, key, profile, session, welcome })
         }
-        Err(reason) => Err(Failed { reason, stream: Some(stream) }),
+        Ok(Err(reason)) => Err(Failed { reason, stream: Some(stream) }),
+        Err(_) => Err(timed_out(Some(stream))),
     }
 }
 
@@ -76,7 +79,7 @@ async fn greet(
 ) -> Result<(Decoder, DeviceKey, Profile, Session, bytes::Bytes), CloseReason> {
     let mut decoder = Decoder::new(node.settings.max_hello_frame_bytes);
     let hello = read_hello(stream, &mut decoder).await?;
-    let (key, user) = authenticate(node, &hello)?;
+    let (key, user, token_exp) = authenticate(node, &hello)?;
     if node.is_draining() {
         return Err(CloseReason::Refused { retry_after_ms: node.settings.reconnect_delay_ms() });
     }
@@ -96,6 +99,7 @@ async fn greet(
     let welcome = crate::frame::encode(&frame);
     decoder.set_limit(settings.max_frame_bytes);
     let link = Arc::new(Link::new(id, silence_limit_ms, node.hub.heartbeats.now_ms()));
+    link.set_token_expiry(token_exp);
     let session =
         Session { id, link, transport, since_ms: crate::clock::unix_ms(), heartbeat_secs };
     let profile = Profile {
@@ -138,7 +142,10 @@ pub fn frame_error(error: FrameError) -> CloseReason {
 }
 
 /// Checks `hello` and its token; returns the device key and the user from the token.
-fn authenticate(node: &Node, hello: &Hello) -> Result<(DeviceKey, Option<String>), CloseReason> {
+fn authenticate(
+    node: &Node,
+    hello: &Hello,
+) -> Result<(DeviceKey, Option<String>, i64), CloseReason> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(CloseReason::UnsupportedVersion);
     }
@@ -152,9 +159,22 @@ fn authenticate(node: &Node, hello: &Hello) -> Result<(DeviceKey, Option<String>
     let claims = key
         .verify(&hello.token, &hello.app_id, &hello.device_id, crate::clock::unix_secs())
         .map_err(CloseReason::Token)?;
-    let user = claims.uid.filter(|u| !u.is_empty() && u.len() <= 128);
-    Ok((DeviceKey { app, device: hello.device_id.as_str().into() }, user))
+    let user = user_of(&claims)?;
+    Ok((DeviceKey { app, device: hello.device_id.as_str().into() }, user, claims.exp))
 }
+
+/// The user a verified token binds to: none when `uid` is absent or empty; refused when it
+/// is over 128 bytes or holds a NUL.
+pub fn user_of(claims: &crate::token::Claims) -> Result<Option<String>, CloseReason> {
+    match claims.uid.as_deref() {
+        None | Some("") => Ok(None),
+        Some(u) if u.len() <= 128 && !u.contains('\0') => Ok(Some(u.to_string())),
+        Some(_) => Err(CloseReason::Token(crate::token::TokenError::Malformed)),
+    }
+}
+
+/// Largest `acked_seq` and `broadcast_cursor` a Hello may carry, so counters never wrap.
+const MAX_COUNTER: u64 = 1 << 48;
 
 /// Field limits from the protocol documentation.
 fn valid_hello(hello: &Hello) -> bool {
@@ -162,6 +182,8 @@ fn valid_hello(hello: &Hello) -> bool {
     (1..=128).contains(&hello.device_id.len())
         && !hello.device_id.contains('\0')
         && hello.app_version.len() <= 32
+        && hello.acked_seq <= MAX_COUNTER
+        && hello.broadcast_cursor <= MAX_COUNTER
         && !hello.token.is_empty()
         && report_ok
 }
@@ -173,8 +195,8 @@ pub fn valid_report(report: &DeviceReport) -> bool {
 }
 
 /// Encodes the frame that tells the app why it is being closed, if any.
-pub fn farewell(reason: CloseReason) -> Option<bytes::Bytes> {
-    reason.frame().map(|frame| {
+pub fn farewell(reason: CloseReason, spread_ms: u32) -> Option<bytes::Bytes> {
+    reason.frame(spread_ms).map(|frame| {
         debug_assert!(frame.encoded_len() < 1024);
         crate::frame::encode(&frame)
     })

@@ -8,7 +8,9 @@
 //! limit, however often it pings, and a million idle connections cost a million weak
 //! pointers and four wake-ups a second for the whole node.
 //!
-//! A link is closed at most one tick after its deadline.
+//! A link is closed at most one tick after its deadline. The same visit closes a session
+//! whose device token has expired, so an expired token outlives its `exp` by at most one
+//! silence limit.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -64,6 +66,8 @@ impl Heartbeats {
                 if link.close(CloseReason::HeartbeatTimeout) {
                     closed += 1;
                 }
+            } else if link.token_expired(crate::clock::unix_secs()) {
+                link.close(CloseReason::TokenExpired);
             } else {
                 refile.push((bucket(deadline), weak));
             }

@@ -247,14 +247,19 @@ impl Hub {
 
     /// Binds the device to `user` (or to none), keeping the user index in step.
     pub fn bind(&self, key: &DeviceKey, user: Option<&str>) {
-        if let Some(mut device) = self.devices.get_mut(key) {
+        if let Some(mut device) = self.devices.get_mut(key)
+            && device.user.as_deref() != user
+        {
             self.rebind(key, &mut device, user.map(Arc::from));
             self.persist_device(key, &device);
         }
     }
 
+    /// Records a changed device report; an unchanged one costs no write.
     pub fn report(&self, key: &DeviceKey, report: DeviceReport) {
-        if let Some(mut device) = self.devices.get_mut(key) {
+        if let Some(mut device) = self.devices.get_mut(key)
+            && device.report.as_deref() != Some(&report)
+        {
             device.report = Some(Box::new(report));
             self.persist_device(key, &device);
         }

@@ -7,7 +7,7 @@
 //! push. The connection task is the only reader of the queue.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
@@ -41,6 +41,9 @@ pub struct Link {
     pub silence_limit_ms: u64,
     /// Last time any frame arrived, in [`crate::heartbeat::Heartbeats::now_ms`] units.
     last_seen_ms: AtomicU64,
+    /// When the device token of this session expires (its `exp`), Unix seconds; a `Bind`
+    /// with a fresh token moves it.
+    token_expires_secs: AtomicI64,
     outbox: Mutex<Outbox>,
     waker: AtomicWaker,
 }
@@ -59,6 +62,7 @@ impl Link {
             session_id,
             silence_limit_ms,
             last_seen_ms: AtomicU64::new(now_ms),
+            token_expires_secs: AtomicI64::new(i64::MAX),
             outbox: Mutex::new(Outbox::default()),
             waker: AtomicWaker::new(),
         }
@@ -114,6 +118,16 @@ impl Link {
 
     pub fn last_seen_ms(&self) -> u64 {
         self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn set_token_expiry(&self, exp_secs: i64) {
+        self.token_expires_secs.store(exp_secs, Ordering::Relaxed);
+    }
+
+    /// True when the session's token expired before `now_secs` (skew allowed).
+    pub fn token_expired(&self, now_secs: i64) -> bool {
+        let exp = self.token_expires_secs.load(Ordering::Relaxed);
+        exp.saturating_add(crate::token::SKEW_SECS) < now_secs
     }
 
     /// Registers the connection task to be woken by the next `send` or `close`.

@@ -22,6 +22,7 @@ pub struct Settings {
     pub max_payload_bytes: usize,
     pub busy_retry_ms: u32,
     pub send_buffer_bytes: usize,
+    pub max_frames_per_sec: u32,
     pub heartbeat: HeartbeatConfig,
     pub reconnect_min_ms: u32,
     pub reconnect_max_ms: u32,
@@ -38,6 +39,7 @@ impl Settings {
             max_payload_bytes: config.device.max_payload_bytes,
             busy_retry_ms: config.device.busy_retry_ms,
             send_buffer_bytes: config.device.send_buffer_bytes,
+            max_frames_per_sec: config.device.max_frames_per_sec,
             heartbeat: config.heartbeat.clone(),
             reconnect_min_ms: config.drain.reconnect_min_ms,
             reconnect_max_ms: config.drain.reconnect_max_ms,
@@ -112,11 +114,13 @@ impl Node {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.draining.load(Ordering::SeqCst)
     }
 
+    /// Sequentially consistent with `is_draining`: a session registered concurrently is
+    /// either seen by the drain's sweep or sees the drain itself (see `connection`).
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// Counts a connection task for as long as the guard lives.

@@ -107,7 +107,7 @@ async fn handshake_deadline_holds_against_silence_and_trickling() {
     let server = start_with(|c| c.device.handshake_timeout_ms = 1_000).await;
     let started = Instant::now();
     let mut silent = Device::connect(&server.tcp()).await.unwrap();
-    assert!(matches!(within(5, silent.recv_any()).await, Err(ClientError::Closed)));
+    assert_eq!(refusal(&mut silent).await, ErrorCode::HandshakeTimeout);
     let silent_took = started.elapsed();
 
     // A valid Hello sent one byte every 200 ms would take far longer than the deadline.
@@ -115,22 +115,36 @@ async fn handshake_deadline_holds_against_silence_and_trickling() {
         frame: Some(client_frame::Frame::Hello(hello(APP, "slow", &server.token("slow"), 0))),
     });
     let started = Instant::now();
-    let mut trickle = Device::connect(&server.tcp()).await.unwrap();
-    let mut closed = false;
-    for b in bytes.iter() {
-        if trickle.send_raw(&[*b]).await.is_err() {
-            closed = true;
-            break;
+    let socket = tokio::net::TcpStream::connect(server.tcp().addr).await.unwrap();
+    let (mut reader, mut writer) = socket.into_split();
+    let trickler = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for b in bytes.iter() {
+            if writer.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if started.elapsed() > Duration::from_secs(3) {
-            break;
-        }
-    }
-    if !closed {
-        assert!(matches!(within(5, trickle.recv_any()).await, Err(ClientError::Closed)));
-    }
+    });
+    let mut answer = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let _ = within(5, reader.read_to_end(&mut answer)).await;
     let trickle_took = started.elapsed();
+    trickler.abort();
+    let mut decoder = longlink::frame::Decoder::new(1 << 16);
+    let mut frames = Vec::new();
+    decoder
+        .feed::<ServerFrame, _>(&answer, |f| {
+            frames.push(f);
+            true
+        })
+        .unwrap();
+    match frames.last() {
+        Some(ServerFrame { frame: Some(server_frame::Frame::Error(e)) }) => {
+            assert_eq!(e.code(), ErrorCode::HandshakeTimeout)
+        }
+        other => panic!("expected HANDSHAKE_TIMEOUT, got {other:?}"),
+    }
     for took in [silent_took, trickle_took] {
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_millis(2_500),

@@ -46,10 +46,7 @@ pub struct Failure {
 
 impl Failure {
     fn new(reason: impl Into<String>) -> Failure {
-        Failure {
-            reason: reason.into(),
-            retry_after: None,
-        }
+        Failure { reason: reason.into(), retry_after: None }
     }
 }
 
@@ -113,23 +110,16 @@ fn claims(app: &str, device: &str) -> Claims {
 async fn open_mqtt(ctx: &Ctx, index: u64) -> Result<Opened, Failure> {
     let source = ctx.plan.sources[index as usize % ctx.plan.sources.len()];
     let started = Instant::now();
-    let mut client = mqtt::Client::connect(ctx.plan.addr, Some(source))
-        .await
-        .map_err(io_failure)?;
+    let mut client =
+        mqtt::Client::connect(ctx.plan.addr, Some(source)).await.map_err(io_failure)?;
     let connect = started.elapsed();
     let id = device_id(index);
     let keepalive = ctx.plan.heartbeat_secs.min(u16::MAX as u32) as u16;
-    client
-        .handshake(&id, keepalive)
-        .await
-        .map_err(mqtt_failure)?;
+    client.handshake(&id, keepalive).await.map_err(mqtt_failure)?;
     let own = device_topic(&id);
     let mut topics = vec![own.as_str()];
     topics.extend(ctx.plan.broadcast_topic.as_deref());
-    client
-        .subscribe(&topics, ctx.plan.qos)
-        .await
-        .map_err(mqtt_failure)?;
+    client.subscribe(&topics, ctx.plan.qos).await.map_err(mqtt_failure)?;
     Ok(Opened {
         conn: Conn::Mqtt(Box::new(client)),
         connect,
@@ -142,11 +132,9 @@ impl Conn {
     /// The next frame or packet. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Frame, Failure> {
         match self {
-            Conn::Longlink(d) => d
-                .recv()
-                .await
-                .map(|f| Frame::Longlink(Box::new(f)))
-                .map_err(client_failure),
+            Conn::Longlink(d) => {
+                d.recv().await.map(|f| Frame::Longlink(Box::new(f))).map_err(client_failure)
+            }
             Conn::Mqtt(c) => c.recv().await.map(Frame::Mqtt).map_err(mqtt_failure),
         }
     }
@@ -168,19 +156,13 @@ impl Conn {
                 if push.seq > 0 {
                     d.ack(push.seq).await?;
                 }
-                Ok(Some(Delivery {
-                    data: push.data.to_vec(),
-                    redelivery: push.redelivery,
-                }))
+                Ok(Some(Delivery { data: push.data.to_vec(), redelivery: push.redelivery }))
             }
             (Conn::Mqtt(c), Frame::Mqtt(Packet::Publish { id, payload, .. })) => {
                 if let Some(id) = id {
                     c.puback(id).await?;
                 }
-                Ok(Some(Delivery {
-                    data: payload,
-                    redelivery: false,
-                }))
+                Ok(Some(Delivery { data: payload, redelivery: false }))
             }
             _ => Ok(None),
         }
@@ -214,18 +196,13 @@ fn client_failure(error: ClientError) -> Failure {
             let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
             let retry = matches!(code, ErrorCode::Busy | ErrorCode::Draining);
             Failure {
-                reason: code
-                    .as_str_name()
-                    .trim_start_matches("ERROR_CODE_")
-                    .to_lowercase(),
+                reason: code.as_str_name().trim_start_matches("ERROR_CODE_").to_lowercase(),
                 retry_after: retry.then(|| Duration::from_millis(e.retry_after_ms as u64)),
             }
         }
         ClientError::Kicked(k) => Failure {
             reason: format!("kicked_{}", kick_name(k.reason)),
-            retry_after: k
-                .reconnect
-                .then(|| Duration::from_millis(k.reconnect_after_ms as u64)),
+            retry_after: k.reconnect.then(|| Duration::from_millis(k.reconnect_after_ms as u64)),
         },
         ClientError::Frame(_) => Failure::new("bad_frame"),
         ClientError::Unexpected(_) => Failure::new("unexpected_frame"),
@@ -234,11 +211,7 @@ fn client_failure(error: ClientError) -> Failure {
 
 fn kick_name(reason: i32) -> String {
     longlink::proto::device::KickReason::try_from(reason)
-        .map(|r| {
-            r.as_str_name()
-                .trim_start_matches("KICK_REASON_")
-                .to_lowercase()
-        })
+        .map(|r| r.as_str_name().trim_start_matches("KICK_REASON_").to_lowercase())
         .unwrap_or_else(|_| "unknown".into())
 }
 

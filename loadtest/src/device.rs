@@ -43,10 +43,7 @@ struct Life {
 
 pub async fn run(ctx: Arc<Ctx>, index: u64) {
     let mut control = ctx.control.subscribe();
-    let mut life = Life {
-        drops_seen: control.borrow().drops,
-        ..Life::default()
-    };
+    let mut life = Life { drops_seen: control.borrow().drops, ..Life::default() };
     while !control.borrow().stop {
         let carry_on = match attempt(&ctx, index).await {
             Ok(opened) => connected(&ctx, opened, &mut control, &mut life).await,

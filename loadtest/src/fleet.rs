@@ -43,12 +43,7 @@ impl Fleet {
         for (i, plan) in plans.iter().enumerate() {
             workers.push(spawn_one(&exe, plan, i, progress.clone()).await?);
         }
-        Ok(Fleet {
-            workers,
-            progress,
-            ramp: Vec::new(),
-            started: Instant::now(),
-        })
+        Ok(Fleet { workers, progress, ramp: Vec::new(), started: Instant::now() })
     }
 
     /// The workers' latest progress, summed.
@@ -139,11 +134,7 @@ async fn spawn_one(
     stdin.flush().await?;
     let (tx, report) = oneshot::channel();
     tokio::spawn(read_lines(stdout, index, progress, tx));
-    Ok(Worker {
-        child,
-        stdin,
-        report,
-    })
+    Ok(Worker { child, stdin, report })
 }
 
 async fn read_lines(

@@ -31,11 +31,7 @@ impl Hist {
     pub fn summary(&self) -> Summary {
         let h = &self.0;
         let at = |q: f64| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(q)
-            }
+            if h.is_empty() { 0 } else { h.value_at_quantile(q) }
         };
         Summary {
             count: h.len(),

@@ -27,18 +27,12 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         cli::Command::Worker => runtime.block_on(worker::run()).map(|()| ExitCode::SUCCESS),
         command => {
             let ok = runtime.block_on(scenario::run(command))?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }

@@ -45,20 +45,10 @@ impl From<io::Error> for MqttError {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Packet {
-    ConnAck {
-        code: u8,
-    },
-    SubAck {
-        id: u16,
-    },
-    Publish {
-        qos: u8,
-        id: Option<u16>,
-        payload: Vec<u8>,
-    },
-    PubAck {
-        id: u16,
-    },
+    ConnAck { code: u8 },
+    SubAck { id: u16 },
+    Publish { qos: u8, id: Option<u16>, payload: Vec<u8> },
+    PubAck { id: u16 },
     PingResp,
     Other(u8),
 }
@@ -73,22 +63,13 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<Client> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(ip) = bind {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Client {
-            stream,
-            buf: Vec::with_capacity(512),
-            packets: VecDeque::new(),
-            next_id: 0,
-        })
+        Ok(Client { stream, buf: Vec::with_capacity(512), packets: VecDeque::new(), next_id: 0 })
     }
 
     /// CONNECT with a clean session, then waits for CONNACK.
@@ -107,9 +88,7 @@ impl Client {
         match self.recv().await? {
             Packet::ConnAck { code: 0 } => Ok(()),
             Packet::ConnAck { code } => Err(MqttError::Refused(code)),
-            other => Err(MqttError::Protocol(format!(
-                "expected CONNACK, got {other:?}"
-            ))),
+            other => Err(MqttError::Protocol(format!("expected CONNACK, got {other:?}"))),
         }
     }
 
@@ -127,9 +106,7 @@ impl Client {
                 Packet::SubAck { id: got } if got == id => return Ok(()),
                 Packet::SubAck { .. } | Packet::PingResp => continue,
                 other => {
-                    return Err(MqttError::Protocol(format!(
-                        "expected SUBACK, got {other:?}"
-                    )));
+                    return Err(MqttError::Protocol(format!("expected SUBACK, got {other:?}")));
                 }
             }
         }
@@ -254,9 +231,7 @@ fn parse(header: u8, body: &[u8]) -> Result<Packet, MqttError> {
         Ok(u16::from_be_bytes([b[0], b[1]]))
     };
     Ok(match header >> 4 {
-        2 => Packet::ConnAck {
-            code: *body.get(1).ok_or_else(short)?,
-        },
+        2 => Packet::ConnAck { code: *body.get(1).ok_or_else(short)? },
         3 => {
             let qos = (header >> 1) & 0x03;
             let topic_len = u16_at(0)? as usize;
@@ -296,13 +271,6 @@ mod tests {
         }
         let (got, used) = decode(&packet).unwrap().unwrap();
         assert_eq!(used, packet.len());
-        assert_eq!(
-            got,
-            Packet::Publish {
-                qos: 1,
-                id: Some(7),
-                payload: vec![1; 200]
-            }
-        );
+        assert_eq!(got, Packet::Publish { qos: 1, id: Some(7), payload: vec![1; 200] });
     }
 }

@@ -44,11 +44,7 @@ pub fn assemble(command: &Command, report: Report, outcome: Outcome) -> RunResul
             sent: tally.sent,
             received: report.progress.received,
             redelivered: report.redelivered,
-            achieved_rate_per_sec: if secs > 0.0 {
-                tally.sent as f64 / secs
-            } else {
-                0.0
-            },
+            achieved_rate_per_sec: if secs > 0.0 { tally.sent as f64 / secs } else { 0.0 },
             tally,
             send_secs: secs,
             responses_secs: responses,
@@ -132,11 +128,8 @@ fn tls(report: &Report, ramp_secs: f64) -> TlsFigures {
 /// return times (microseconds after the drop).
 fn storm(start: &StormStart, report: &Report) -> (Storm, Hist) {
     let t0 = start.t0_us.or(report.first_lost_at_us).unwrap_or(0);
-    let mut back: Vec<u64> = report
-        .reconnected_at_us
-        .iter()
-        .map(|t| t.saturating_sub(t0))
-        .collect();
+    let mut back: Vec<u64> =
+        report.reconnected_at_us.iter().map(|t| t.saturating_sub(t0)).collect();
     back.sort_unstable();
     let mut hist = Hist::default();
     back.iter().for_each(|&us| hist.record(us));
@@ -170,14 +163,9 @@ pub fn output(common: &Common, result: &RunResult) -> anyhow::Result<()> {
             "storm" => &["return", "handshake"],
             _ => &["delivery"],
         };
-        let curves: Vec<(&str, &Hist)> = names
-            .iter()
-            .filter_map(|&n| result.histograms.get(n).map(|h| (n, h)))
-            .collect();
-        let title = format!(
-            "longlink-loadtest {} ({} devices)",
-            result.scenario, result.n
-        );
+        let curves: Vec<(&str, &Hist)> =
+            names.iter().filter_map(|&n| result.histograms.get(n).map(|h| (n, h))).collect();
+        let title = format!("longlink-loadtest {} ({} devices)", result.scenario, result.n);
         std::fs::write(path, crate::plot::svg(&title, &curves, &result.ramp))?;
     }
     Ok(())
@@ -188,10 +176,7 @@ impl RunResult {
     /// back, within the deadline.
     pub fn counts_add_up(&self) -> bool {
         let messages = self.messages.as_ref().is_none_or(|m| m.sent == m.received);
-        let storm = self
-            .storm
-            .as_ref()
-            .is_none_or(|s| s.reconnected >= s.connected_before);
+        let storm = self.storm.as_ref().is_none_or(|s| s.reconnected >= s.connected_before);
         self.connections.connected == self.n
             && self.missing_workers == 0
             && !self.deadline_hit

@@ -36,20 +36,11 @@ pub fn svg(title: &str, curves: &[(&str, &Hist)], ramp: &[(f64, u64)]) -> String
 }
 
 fn percentiles(out: &mut String, curves: &[(&str, &Hist)], top: f64) {
-    let max_ms = curves
-        .iter()
-        .map(|(_, h)| h.0.max() as f64 / 1e3)
-        .fold(0.0, f64::max)
-        .max(0.001);
+    let max_ms = curves.iter().map(|(_, h)| h.0.max() as f64 / 1e3).fold(0.0, f64::max).max(0.001);
     frame(out, top, "percentile", "latency (ms)", max_ms);
-    for (tick, label) in [
-        (0.0, "0%"),
-        (1.0, "90%"),
-        (2.0, "99%"),
-        (3.0, "99.9%"),
-        (4.0, "99.99%"),
-        (5.0, "99.999%"),
-    ] {
+    for (tick, label) in
+        [(0.0, "0%"), (1.0, "90%"), (2.0, "99%"), (3.0, "99.9%"), (4.0, "99.99%"), (5.0, "99.999%")]
+    {
         let x = x_at(tick / NINES);
         let _ = write!(
             out,
@@ -88,10 +79,8 @@ fn connections(out: &mut String, ramp: &[(f64, u64)], top: f64) {
             top + PANEL + 16.0
         );
     }
-    let points: Vec<(f64, f64)> = ramp
-        .iter()
-        .map(|&(t, n)| (x_at(t / max_t), y_at(top, n as f64 / max_n)))
-        .collect();
+    let points: Vec<(f64, f64)> =
+        ramp.iter().map(|&(t, n)| (x_at(t / max_t), y_at(top, n as f64 / max_n))).collect();
     polyline(out, &points, COLOURS[0]);
 }
 
@@ -143,10 +132,7 @@ fn legend(out: &mut String, i: usize, name: &str, colour: &str, top: f64) {
 }
 
 fn polyline(out: &mut String, points: &[(f64, f64)], colour: &str) {
-    let list: Vec<String> = points
-        .iter()
-        .map(|(x, y)| format!("{x:.1},{y:.1}"))
-        .collect();
+    let list: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
     let _ = write!(
         out,
         r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
@@ -172,9 +158,7 @@ fn short(v: f64) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]

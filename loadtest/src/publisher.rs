@@ -30,11 +30,7 @@ impl Publisher {
             .handshake(CLIENT_ID, KEEPALIVE_SECS)
             .await
             .map_err(|e| anyhow::anyhow!("publisher: {e}"))?;
-        Ok(Publisher {
-            client,
-            qos,
-            tally: Tally::default(),
-        })
+        Ok(Publisher { client, qos, tally: Tally::default() })
     }
 
     /// Publishes to random device topics as `drive` says; returns how long sending took.
@@ -47,8 +43,7 @@ impl Publisher {
                 self.publish(&device_topic(&id)).await?;
                 published += 1;
             }
-            self.take_acks(Instant::now() + Duration::from_millis(1))
-                .await?;
+            self.take_acks(Instant::now() + Duration::from_millis(1)).await?;
         }
         let elapsed = start.elapsed();
         self.settle().await?;
@@ -64,9 +59,7 @@ impl Publisher {
 
     async fn publish(&mut self, topic: &str) -> anyhow::Result<u64> {
         let sent_at = unix_us();
-        self.client
-            .publish(topic, &sent_at.to_be_bytes(), self.qos)
-            .await?;
+        self.client.publish(topic, &sent_at.to_be_bytes(), self.qos).await?;
         self.tally.requests += 1;
         if self.qos == 0 {
             // Nothing will confirm it: count it as sent.

@@ -97,14 +97,8 @@ impl RunResult {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |k: &str, v: String| rows.push((k.to_string(), v));
         let transport = if self.tls { "tls" } else { "plain" };
-        row(
-            "scenario",
-            format!("{} ({:?}, {transport})", self.scenario, self.protocol),
-        );
-        row(
-            "devices",
-            format!("{} over {} workers", self.n, self.workers),
-        );
+        row("scenario", format!("{} ({:?}, {transport})", self.scenario, self.protocol));
+        row("devices", format!("{} over {} workers", self.n, self.workers));
         row("elapsed", format!("{:.1} s", self.elapsed_secs));
         self.connection_rows(&mut row);
         for (name, s) in &self.latency {
@@ -132,10 +126,7 @@ impl RunResult {
             row("note", "the --max-secs deadline cut the run short".into());
         }
         if self.missing_workers > 0 {
-            row(
-                "note",
-                format!("{} workers sent no report", self.missing_workers),
-            );
+            row("note", format!("{} workers sent no report", self.missing_workers));
         }
         render(&rows)
     }
@@ -149,13 +140,7 @@ impl RunResult {
                 c.connected, c.failed, c.attempted, c.refused, c.lost
             ),
         );
-        row(
-            "ramp",
-            format!(
-                "{:.1} s, {:.0} connections/s",
-                c.ramp_secs, c.connect_rate_per_sec
-            ),
-        );
+        row("ramp", format!("{:.1} s, {:.0} connections/s", c.ramp_secs, c.connect_rate_per_sec));
         row("peak handshakes", format!("<= {}", c.peak_handshakes));
         if !c.failures.is_empty() {
             let list: Vec<String> = c.failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -165,11 +150,7 @@ impl RunResult {
 }
 
 fn message_rows(m: &Messages, row: &mut impl FnMut(&str, String)) {
-    let verdict = if m.sent == m.received {
-        "all arrived"
-    } else {
-        "MISSING"
-    };
+    let verdict = if m.sent == m.received { "all arrived" } else { "MISSING" };
     row(
         "messages",
         format!(
@@ -179,19 +160,10 @@ fn message_rows(m: &Messages, row: &mut impl FnMut(&str, String)) {
     );
     // A broadcast is one burst: its figure is the response time below, not a rate.
     if m.responses_secs.is_none() {
-        row(
-            "rate",
-            format!(
-                "{:.0}/s achieved over {:.1} s",
-                m.achieved_rate_per_sec, m.send_secs
-            ),
-        );
+        row("rate", format!("{:.0}/s achieved over {:.1} s", m.achieved_rate_per_sec, m.send_secs));
     }
     if !m.tally.not_sent.is_empty() || !m.tally.errors.is_empty() {
-        row(
-            "not sent",
-            format!("{:?} {:?}", m.tally.not_sent, m.tally.errors),
-        );
+        row("not sent", format!("{:?} {:?}", m.tally.not_sent, m.tally.errors));
     }
     if let Some(secs) = m.responses_secs {
         row("responses", format!("all in {:.1} ms", secs * 1e3));
@@ -212,16 +184,10 @@ fn memory_rows(m: &memory::Change, row: &mut impl FnMut(&str, String)) {
     }
     row(
         "kernel buffers",
-        format!(
-            "{:.0} B/connection (both ends, TCP mem)",
-            m.tcp_buffers_per_connection
-        ),
+        format!("{:.0} B/connection (both ends, TCP mem)", m.tcp_buffers_per_connection),
     );
     if let Some(per) = m.socket_slabs_per_connection {
-        row(
-            "kernel sockets",
-            format!("{per:.0} B/connection (both ends, slab)"),
-        );
+        row("kernel sockets", format!("{per:.0} B/connection (both ends, slab)"));
     }
 }
 

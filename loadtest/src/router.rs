@@ -50,9 +50,7 @@ impl Interceptor for Auth {
 }
 
 pub async fn connect(api: SocketAddr, key: Option<&str>) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(format!("http://{api}"))?
-        .connect()
-        .await?;
+    let channel = Channel::from_shared(format!("http://{api}"))?.connect().await?;
     let auth = match key {
         Some(key) => Some(MetadataValue::try_from(format!("Bearer {key}"))?),
         None => None,
@@ -79,19 +77,13 @@ impl Tally {
                 self.sent += 1;
             } else {
                 let name = Wire::try_from(r.result).map_or("UNKNOWN", |w| w.as_str_name());
-                *self
-                    .not_sent
-                    .entry(format!("{name}:{}", r.reason))
-                    .or_default() += 1;
+                *self.not_sent.entry(format!("{name}:{}", r.reason)).or_default() += 1;
             }
         }
     }
 
     fn error(&mut self, status: &tonic::Status) {
-        *self
-            .errors
-            .entry(format!("{:?}", status.code()))
-            .or_default() += 1;
+        *self.errors.entry(format!("{:?}", status.code())).or_default() += 1;
     }
 }
 

@@ -36,22 +36,11 @@ pub async fn run(command: Command) -> anyhow::Result<bool> {
     let deadline = started + Duration::from_secs(common.max_secs);
     let before = memory::snapshot(common.server_pid);
     let mut fleet = Fleet::spawn(plans.clone()).await?;
-    let mut outcome = Outcome {
-        workers: plans.len(),
-        ..Outcome::default()
-    };
+    let mut outcome = Outcome { workers: plans.len(), ..Outcome::default() };
     outcome.ramp_secs = ramp(&mut fleet, common, deadline).await;
     match &command {
         Command::Idle(a) => {
-            idle(
-                &mut fleet,
-                common,
-                a.hold_secs,
-                before,
-                deadline,
-                &mut outcome,
-            )
-            .await
+            idle(&mut fleet, common, a.hold_secs, before, deadline, &mut outcome).await
         }
         Command::Push(a) => {
             let drive = Drive {
@@ -101,10 +90,7 @@ async fn ramp(fleet: &mut Fleet, common: &Common, deadline: Instant) -> f64 {
             |p| {
                 (
                     p.settled,
-                    format!(
-                        "{} open, {} failed, {} handshaking",
-                        p.open, p.failed, p.in_flight
-                    ),
+                    format!("{} open, {} failed, {} handshaking", p.open, p.failed, p.in_flight),
                 )
             },
         )
@@ -129,12 +115,7 @@ async fn idle(
             until,
             &bar,
             |_| false,
-            |p| {
-                (
-                    start.elapsed().as_secs(),
-                    format!("{} open, {} lost", p.open, p.lost),
-                )
-            },
+            |p| (start.elapsed().as_secs(), format!("{} open, {} lost", p.open, p.lost)),
         )
         .await;
     bar.finish_and_clear();
@@ -152,9 +133,7 @@ async fn push(
     let deadline = drive.deadline;
     let bar = bar(drive.total(), "push");
     let driver = tokio::spawn(drive_pushes(common.clone(), drive, stream));
-    fleet
-        .wait_until(deadline, &bar, |_| driver.is_finished(), received)
-        .await;
+    fleet.wait_until(deadline, &bar, |_| driver.is_finished(), received).await;
     let (tally, took) = driver.await??;
     settle(fleet, &bar, tally.sent, deadline).await;
     bar.finish_and_clear();
@@ -178,10 +157,7 @@ async fn drive_pushes(
         }
         Protocol::Mqtt => {
             let addr = crate::setup::device_addr(&common);
-            Publisher::connect(addr, common.qos)
-                .await?
-                .drive(&drive)
-                .await
+            Publisher::connect(addr, common.qos).await?.drive(&drive).await
         }
     }
 }
@@ -202,10 +178,7 @@ async fn fan_out(
         }
         Protocol::Mqtt => {
             let addr = crate::setup::device_addr(&common.clone());
-            let (mut tally, _) = Publisher::connect(addr, common.qos)
-                .await?
-                .broadcast()
-                .await?;
+            let (mut tally, _) = Publisher::connect(addr, common.qos).await?.broadcast().await?;
             // The broker fans the one PUBLISH out to every subscriber.
             tally.sent = open;
             tally
@@ -223,9 +196,7 @@ async fn fan_out(
 async fn settle(fleet: &mut Fleet, bar: &ProgressBar, sent: u64, deadline: Instant) {
     bar.set_length(sent);
     let until = (Instant::now() + SETTLE).min(deadline);
-    fleet
-        .wait_until(until, bar, |p| p.received >= sent, received)
-        .await;
+    fleet.wait_until(until, bar, |p| p.received >= sent, received).await;
 }
 
 fn received(p: &Progress) -> (u64, String) {
@@ -261,17 +232,10 @@ async fn storm(fleet: &mut Fleet, mode: StormMode, deadline: Instant, outcome: &
             |p| p.reconnects >= before.reconnects + before.open,
             |p| {
                 let back = p.reconnects - before.reconnects;
-                (
-                    back,
-                    format!("back, {} open, {} handshaking", p.open, p.in_flight),
-                )
+                (back, format!("back, {} open, {} handshaking", p.open, p.in_flight))
             },
         )
         .await;
     bar.finish_and_clear();
-    outcome.storm = Some(StormStart {
-        mode,
-        t0_us: t0,
-        connected_before: before.open,
-    });
+    outcome.storm = Some(StormStart { mode, t0_us: t0, connected_before: before.open });
 }

@@ -19,9 +19,7 @@ pub fn device_addr(common: &Common) -> SocketAddr {
         (Protocol::Longlink, true) => 7443,
         (Protocol::Longlink, false) => 7100,
     };
-    common
-        .addr
-        .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+    common.addr.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
 }
 
 /// Refuses anything but loopback traffic.
@@ -48,9 +46,8 @@ pub fn plans(common: &Common, broadcast: bool, reconnect: bool) -> anyhow::Resul
     let workers = common.n.div_ceil(common.per_worker);
     let key = app_key(common)?;
     let tls = tls_plan(common);
-    let sources: Vec<IpAddr> = (0..common.sources)
-        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i)))
-        .collect();
+    let sources: Vec<IpAddr> =
+        (0..common.sources).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i))).collect();
     let mut plans = Vec::new();
     let mut first = 0;
     for w in 0..workers {

@@ -52,12 +52,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn fail(&self, reason: &str) {
-        *self
-            .failures
-            .lock()
-            .unwrap()
-            .entry(reason.to_string())
-            .or_default() += 1;
+        *self.failures.lock().unwrap().entry(reason.to_string()).or_default() += 1;
     }
 
     pub fn handshake_started(&self) {

@@ -56,11 +56,7 @@ impl Ctx {
         let endpoints = plan
             .sources
             .iter()
-            .map(|&ip| Endpoint {
-                addr: plan.addr,
-                tls: tls.clone(),
-                bind: Some(ip),
-            })
+            .map(|&ip| Endpoint { addr: plan.addr, tls: tls.clone(), bind: Some(ip) })
             .collect();
         Ok(Ctx {
             key: AppKey::hs256(plan.key.clone().into_bytes()),

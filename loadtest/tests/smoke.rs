@@ -15,18 +15,13 @@ const N: u64 = 20;
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 async fn server(dir: &Path) -> Running {
-    let mut config = Config {
-        data_dir: dir.join("data"),
-        ..Config::default()
-    };
+    let mut config = Config { data_dir: dir.join("data"), ..Config::default() };
     config.device.tcp_addr = "127.0.0.1:0".into();
     config.device.tls_addr = "127.0.0.1:0".into();
     config.router.addr = "127.0.0.1:0".into();
     config.admin.addr = String::new();
     config.drain.grace_secs = 2;
-    longlink::server::start(config)
-        .await
-        .expect("server starts")
+    longlink::server::start(config).await.expect("server starts")
 }
 
 /// Runs the binary with `args` and returns its `--json` result.
@@ -45,11 +40,7 @@ async fn run(dir: &Path, args: &[&str]) -> Value {
         .expect("the binary runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{args:?} failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    assert!(output.status.success(), "{args:?} failed ({}):\n{stdout}\n{stderr}", output.status);
     let text = std::fs::read_to_string(&json).expect("the result file is written");
     serde_json::from_str(&text).expect("the result is JSON")
 }
@@ -69,11 +60,7 @@ fn longlink_args(running: &Running, dir: &Path, scenario: &str, tls: bool) -> Ve
         "--data-dir".into(),
         dir.join("data").display().to_string(),
     ];
-    let addr = if tls {
-        running.tls_addr
-    } else {
-        running.tcp_addr
-    };
+    let addr = if tls { running.tls_addr } else { running.tcp_addr };
     args.extend(["--addr".into(), addr.expect("listener").to_string()]);
     if tls {
         args.push("--tls".into());
@@ -127,10 +114,7 @@ async fn idle_over_tls_counts_handshakes() {
     assert_connected(&result, N);
     let t = &result["tls_handshakes"];
     assert_eq!(t["handshakes"], N, "{t}");
-    assert_eq!(
-        t["full"].as_u64().unwrap() + t["resumed"].as_u64().unwrap(),
-        N
-    );
+    assert_eq!(t["full"].as_u64().unwrap() + t["resumed"].as_u64().unwrap(), N);
     running.drain();
 }
 
@@ -140,12 +124,7 @@ async fn push_unary_and_stream_deliver_everything_sent() {
     let running = server(dir.path()).await;
     for stream in [false, true] {
         let mut args = longlink_args(&running, dir.path(), "push", false);
-        args.extend([
-            "--push-rate".into(),
-            "100".into(),
-            "--secs".into(),
-            "1".into(),
-        ]);
+        args.extend(["--push-rate".into(), "100".into(), "--secs".into(), "1".into()]);
         if stream {
             args.push("--stream".into());
         }
@@ -196,11 +175,7 @@ async fn mosquitto(dir: &Path) -> Option<Broker> {
         println!("skipping the MQTT runs: mosquitto is not installed");
         return None;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let conf = dir.join("mosquitto.conf");
     let text = format!(
         "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 10000\n"
@@ -231,31 +206,18 @@ async fn mqtt_shapes_run_against_mosquitto() {
         return;
     };
     let base = |scenario: &str| -> Vec<String> {
-        [
-            scenario,
-            "--protocol",
-            "mqtt",
-            "--addr",
-            &broker.addr,
-            "--per-worker",
-            "10",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--n".into(), N.to_string(), "--rate".into(), "200".into()])
-        .collect()
+        [scenario, "--protocol", "mqtt", "--addr", &broker.addr, "--per-worker", "10"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--n".into(), N.to_string(), "--rate".into(), "200".into()])
+            .collect()
     };
     let mut idle = base("idle");
     idle.extend(["--hold-secs".into(), "1".into()]);
     assert_connected(&run(dir.path(), &str_args(&idle)).await, N);
 
     let mut push = base("push");
-    push.extend([
-        "--push-rate".into(),
-        "100".into(),
-        "--secs".into(),
-        "1".into(),
-    ]);
+    push.extend(["--push-rate".into(), "100".into(), "--secs".into(), "1".into()]);
     let result = run(dir.path(), &str_args(&push)).await;
     assert_connected(&result, N);
     assert_delivered(&result, 100);

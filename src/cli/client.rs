@@ -210,6 +210,10 @@ fn failed(error: &ClientError) -> Next {
             println!("{}", super::output::kick(kick));
             if kick.reason == KickReason::Replaced as i32 || !kick.reconnect {
                 Next::Stop(ExitCode::SUCCESS)
+            } else if kick.reconnect_after_ms == 0 {
+                // "Come back, no particular delay": back off all the same, so that a cause
+                // that repeats on every connection does not become a reconnect loop.
+                Next::Backoff
             } else {
                 Next::RetryAfter(Duration::from_millis(kick.reconnect_after_ms as u64))
             }

@@ -129,13 +129,23 @@ fn build(node: &Node, request: &PushRequest) -> Result<Message, Status> {
         .ok_or_else(|| Status::invalid_argument("bad_message: no message"))?;
     let kind = content.kind();
     check_kind(kind, content)?;
-    let text = content.notification.as_ref().map(|n| n.title.len() + n.body.len()).unwrap_or(0);
+    let text = content
+        .notification
+        .as_ref()
+        .map(|n| n.title.len() + n.body.len() + n.click_action.len())
+        .unwrap_or(0);
     let size = text + content.data.len();
+    if content.collapse_key.len() > 128 || content.badge.as_ref().is_some_and(|b| b.key.len() > 64)
+    {
+        return Err(Status::invalid_argument(
+            "bad_message: collapse_key is at most 128 bytes, badge.key at most 64",
+        ));
+    }
     let limit = node.settings.max_payload_bytes;
     if size > limit {
         metrics::counter!("longlink_pushes_total", "result" => "payload_too_large").increment(1);
         return Err(Status::invalid_argument(format!(
-            "payload_too_large: {size} bytes of title, body and data; the limit is {limit}"
+            "payload_too_large: {size} bytes of title, body, click action and data; the limit is {limit}"
         )));
     }
     let ttl = content.ttl_secs.unwrap_or(node.settings.default_ttl_secs);
@@ -163,7 +173,7 @@ fn build(node: &Node, request: &PushRequest) -> Result<Message, Status> {
 
 fn check_kind(kind: PushKind, content: &crate::proto::router::Message) -> Result<(), Status> {
     let problem = match kind {
-        PushKind::Unspecified => "kind is unset",
+        PushKind::Unspecified => "kind is unset or unknown",
         PushKind::Notification if content.notification.is_none() => {
             "a notification needs notification fields"
         }
