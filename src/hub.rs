@@ -67,6 +67,9 @@ pub struct Device {
     /// Seqs up to here may have been given out; kept on disk ahead of use.
     seq_floor: u64,
     mailbox: Mailbox,
+    /// The live session's link, the same one the session table holds: a push finds it
+    /// with the one lookup that also locks the device.
+    live: Option<Arc<Link>>,
 }
 
 impl Device {
@@ -180,6 +183,7 @@ impl Hub {
         self.release(key, &released, Event::Acked, "");
         device.mailbox.rewind();
         self.persist_device(key, &device);
+        device.live = Some(link.clone());
         if let Some(old) = self.sessions.insert(key.clone(), session) {
             old.link.close(CloseReason::Replaced);
         }
@@ -191,6 +195,7 @@ impl Hub {
         if let Some(mut device) = self.devices.get_mut(key)
             && self.sessions.remove(key, session_id)
         {
+            device.live = None;
             device.last_seen_ms = now_unix_ms;
             self.persist_device(key, &device);
         }
@@ -204,7 +209,7 @@ impl Hub {
             return Outcome::UnknownDevice;
         };
         // A closing link counts as gone: what it has not written is redelivered later.
-        let link = self.sessions.link(key).filter(|l| !l.is_closing());
+        let link = device.live.clone().filter(|l| !l.is_closing());
         if link.is_none() && message.ephemeral {
             return Outcome::NotDelivered { reason: "offline" };
         }
@@ -239,7 +244,7 @@ impl Hub {
         let mut released = device.mailbox.ack(upto);
         released.extend(device.mailbox.ack_ids(ids));
         self.release(key, &released, Event::Acked, "");
-        if let Some(link) = self.sessions.link(key) {
+        if let Some(link) = device.live.clone() {
             self.pump(key, &mut device, &link);
         }
         released.len()

@@ -56,8 +56,8 @@ pub struct Session {
 #[derive(Debug, Default)]
 pub struct SessionTable {
     sessions: DashMap<DeviceKey, Session>,
-    /// Live sessions per app id.
-    online: DashMap<Arc<str>, AtomicI64>,
+    /// Live sessions per app id, with the app's gauge (looked up once, not per change).
+    online: DashMap<Arc<str>, (AtomicI64, metrics::Gauge)>,
 }
 
 impl SessionTable {
@@ -90,7 +90,7 @@ impl SessionTable {
 
     /// Live sessions of `app`.
     pub fn online(&self, app: &str) -> i64 {
-        self.online.get(app).map(|n| n.load(Ordering::Relaxed)).unwrap_or(0)
+        self.online.get(app).map(|n| n.0.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
@@ -107,14 +107,17 @@ impl SessionTable {
     }
 
     fn count(&self, app: &Arc<str>, delta: i64) {
-        let total = match self.online.get(app.as_ref()) {
-            Some(n) => n.fetch_add(delta, Ordering::Relaxed) + delta,
-            None => {
-                let n = self.online.entry(app.clone()).or_default();
-                n.fetch_add(delta, Ordering::Relaxed) + delta
-            }
+        let update = |(n, gauge): &(AtomicI64, metrics::Gauge)| {
+            let total = n.fetch_add(delta, Ordering::Relaxed) + delta;
+            gauge.set(total as f64);
         };
-        metrics::gauge!("longlink_sessions", "app" => app.to_string()).set(total as f64);
+        match self.online.get(app.as_ref()) {
+            Some(entry) => update(&entry),
+            None => {
+                let gauge = metrics::gauge!("longlink_sessions", "app" => app.to_string());
+                update(&self.online.entry(app.clone()).or_insert((AtomicI64::new(0), gauge)))
+            }
+        }
     }
 }
 
