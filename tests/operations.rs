@@ -155,3 +155,20 @@ async fn admin_endpoints_answer_health_readiness_and_metrics() {
     assert!(body.contains("longlink_sessions{app=\"demo\"}"), "{body}");
     server.stop().await;
 }
+
+/// What every idle connection keeps is the connection task's state: keep it small. The
+/// memory per connection itself is measured by the load test (BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_task_keeps_little_state() {
+    let server = start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (socket, peer) = listener.accept().await.unwrap();
+    let permit = server.node().handshakes.clone().try_acquire_owned().unwrap();
+    let task = longlink::connection::serve(server.node().clone(), socket, peer, None, permit);
+    let size = std::mem::size_of_val(&task);
+    println!("connection task state: {size} bytes");
+    assert!(size <= 320, "the connection task grew to {size} bytes");
+    drop(task);
+    server.stop().await;
+}
