@@ -161,6 +161,10 @@ pub struct StoreConfig {
     pub fsync: String,
     /// Period of the `interval` policy, in milliseconds.
     pub fsync_interval_ms: u64,
+    /// The store's read cache, in MiB.
+    pub cache_mib: u64,
+    /// The store's write buffers (memtables) together, in MiB; past it they are flushed.
+    pub write_buffer_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,7 +264,12 @@ impl Default for DrainConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { fsync: "always".into(), fsync_interval_ms: 100 }
+        StoreConfig {
+            fsync: "always".into(),
+            fsync_interval_ms: 100,
+            cache_mib: 16,
+            write_buffer_mib: 32,
+        }
     }
 }
 
@@ -275,6 +284,13 @@ impl Default for DeliveryConfig {
 }
 
 impl StoreConfig {
+    pub fn memory(&self) -> crate::store::Memory {
+        crate::store::Memory {
+            cache_bytes: self.cache_mib.max(1) << 20,
+            write_buffer_bytes: self.write_buffer_mib.max(1) << 20,
+        }
+    }
+
     /// The policy this section names (validated to be one of the three).
     pub fn policy(&self) -> crate::store::Fsync {
         match self.fsync.as_str() {

@@ -64,7 +64,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let apps = Apps::load(&config)?;
-    let store = Arc::new(Store::open(&config.data_dir.join("store"), config.store.policy())?);
+    let dir = config.data_dir.join("store");
+    let store = Arc::new(Store::open_with(&dir, config.store.policy(), config.store.memory())?);
     let node = Arc::new(build_node(&config, apps, store));
     restore(&node)?;
     let (drain, drain_rx) = watch::channel(false);

@@ -36,6 +36,21 @@ pub enum Fsync {
     Never,
 }
 
+/// What the store may hold in memory, apart from the hub's own copy of kept messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// Block cache for reads, in bytes.
+    pub cache_bytes: u64,
+    /// All memtables together, in bytes; past it they are flushed to disk.
+    pub write_buffer_bytes: u64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory { cache_bytes: 16 << 20, write_buffer_bytes: 32 << 20 }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
@@ -89,10 +104,18 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    /// Opens (or creates) the store in `dir` with the default memory budget.
     pub fn open(dir: &Path, fsync: Fsync) -> Result<Store, StoreError> {
+        Store::open_with(dir, fsync, Memory::default())
+    }
+
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    pub fn open_with(dir: &Path, fsync: Fsync, memory: Memory) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(fjall::Error::from)?;
-        let db = Database::builder(dir).open()?;
+        let db = Database::builder(dir)
+            .cache_size(memory.cache_bytes)
+            .max_write_buffer_size(Some(memory.write_buffer_bytes))
+            .open()?;
         let spaces = Spaces {
             messages: db.keyspace("messages", KeyspaceCreateOptions::default)?,
             devices: db.keyspace("devices", KeyspaceCreateOptions::default)?,
