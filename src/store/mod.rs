@@ -41,7 +41,8 @@ pub enum Fsync {
 pub struct Memory {
     /// Block cache for reads, in bytes.
     pub cache_bytes: u64,
-    /// All memtables together, in bytes; past it they are flushed to disk.
+    /// The three keyspaces' memtables together, in bytes; past its share a memtable is
+    /// flushed to disk.
     pub write_buffer_bytes: u64,
 }
 
@@ -112,14 +113,14 @@ impl Store {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open_with(dir: &Path, fsync: Fsync, memory: Memory) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(fjall::Error::from)?;
-        let db = Database::builder(dir)
-            .cache_size(memory.cache_bytes)
-            .max_write_buffer_size(Some(memory.write_buffer_bytes))
-            .open()?;
+        let db = Database::builder(dir).cache_size(memory.cache_bytes).open()?;
+        // Each keyspace has its own memtable; split the budget between the three.
+        let per = (memory.write_buffer_bytes / 3).max(1 << 20);
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(per);
         let spaces = Spaces {
-            messages: db.keyspace("messages", KeyspaceCreateOptions::default)?,
-            devices: db.keyspace("devices", KeyspaceCreateOptions::default)?,
-            requests: db.keyspace("requests", KeyspaceCreateOptions::default)?,
+            messages: db.keyspace("messages", options)?,
+            devices: db.keyspace("devices", options)?,
+            requests: db.keyspace("requests", options)?,
         };
         let (tx, rx) = mpsc::channel();
         let writer = Writer { db: db.clone(), spaces: spaces.clone(), fsync, rx };
