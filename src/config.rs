@@ -225,7 +225,7 @@ impl Default for DeviceConfig {
             max_frame_bytes: 64 * 1024,
             max_hello_frame_bytes: 4 * 1024,
             max_payload_bytes: 4 * 1024,
-            max_connections: 100_000,
+            max_connections: 10_000,
             max_handshakes: 2_048,
             busy_retry_ms: 2_000,
             max_frames_per_sec: 50,
@@ -305,7 +305,7 @@ impl StoreConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "text".into(), filter: "info".into() }
+        LogConfig { format: "text".into(), filter: "info,fjall=warn,lsm_tree=warn".into() }
     }
 }
 

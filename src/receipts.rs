@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Notify, broadcast};
 
 use crate::proto::router::{Event, ReceiptEvent};
 use crate::session::DeviceKey;
@@ -18,17 +20,41 @@ pub const CAPACITY: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Receipts {
     tx: broadcast::Sender<Arc<ReceiptEvent>>,
+    /// Set by a drain: subscribers end their streams.
+    closed: AtomicBool,
+    closing: Notify,
 }
 
 impl Default for Receipts {
     fn default() -> Self {
-        Receipts { tx: broadcast::channel(CAPACITY).0 }
+        Receipts {
+            tx: broadcast::channel(CAPACITY).0,
+            closed: AtomicBool::new(false),
+            closing: Notify::new(),
+        }
     }
 }
 
 impl Receipts {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<ReceiptEvent>> {
         self.tx.subscribe()
+    }
+
+    /// Ends every subscriber's stream (drain).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.closing.notify_waiters();
+    }
+
+    /// Resolves once [`Receipts::close`] was called.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closing.notified();
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// True when someone listens; callers skip building events otherwise.

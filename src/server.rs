@@ -70,6 +70,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     restore(&node)?;
     let (drain, drain_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
+    // The admin listener outlives the drain, so that /readyz can say 503 meanwhile.
+    let (drained, drained_rx) = watch::channel(false);
 
     let tcp_addr = spawn_device(&node, &config.device.tcp_addr, None, &stop_rx).await?;
     let tls_addr = match config.device.tls_addr.as_str() {
@@ -88,7 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             let bound = listener.local_addr()?;
-            tokio::spawn(crate::admin::run(node.clone(), listener, stop_rx.clone()));
+            tokio::spawn(crate::admin::run(node.clone(), listener, drained_rx));
             Some(bound)
         }
     };
@@ -101,6 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         node.clone(),
         drain_rx,
         stop,
+        drained,
         grace,
         vec![heartbeats, purger],
         api,
@@ -200,7 +203,9 @@ async fn serve_router(
     mut stop: watch::Receiver<bool>,
 ) {
     let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "router API ready");
+    if let Some(addr) = addr {
+        tracing::info!(%addr, "router API ready");
+    }
     let service = RouterServer::with_interceptor(Service::new(node), move |r| keys.check(r));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
@@ -218,6 +223,7 @@ async fn drain_when_asked(
     node: Arc<Node>,
     mut asked: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
+    drained: watch::Sender<bool>,
     grace: Duration,
     background: Vec<JoinHandle<()>>,
     api: JoinHandle<()>,
@@ -227,6 +233,8 @@ async fn drain_when_asked(
     tracing::info!(sessions, grace_secs = grace.as_secs(), "draining");
     node.start_draining();
     stop.send_replace(true);
+    // Receipt streams would hold the router API's graceful stop open: end them now.
+    node.hub.receipts.close();
     for link in node.hub.sessions.links() {
         let delay = node.settings.reconnect_delay_ms();
         if link.close(CloseReason::Draining { reconnect_after_ms: delay }) {
@@ -249,4 +257,5 @@ async fn drain_when_asked(
         tracing::error!(%error, "final store flush failed");
     }
     tracing::info!("drained");
+    drained.send_replace(true);
 }

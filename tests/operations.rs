@@ -172,3 +172,26 @@ async fn the_connection_task_keeps_little_state() {
     drop(task);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_drain_readiness_is_503_and_receipt_streams_end() {
+    let server = start_with(|c| c.device.handshake_timeout_ms = 2_000).await;
+    let admin = server.running().admin_addr.unwrap();
+    let mut router = server.router().await;
+    let ask =
+        longlink::proto::router::ReceiptsRequest { app_id: APP.into(), device_id: String::new() };
+    let mut receipts = router.receipts(ask).await.unwrap().into_inner();
+    // A connection still in its handshake keeps the drain going until its deadline.
+    let _handshaking = tokio::net::TcpStream::connect(server.tcp().addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    server.running().drain();
+    eventually(2, || server.node().is_draining()).await;
+    assert_eq!(http_get(admin, "/readyz").await, (503, "draining\n".into()));
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    let ended = within(2, receipts.message()).await;
+    assert!(matches!(ended, Ok(None)), "the stream ends cleanly: {ended:?}");
+    let mut server = server;
+    within(10, server.running.take().unwrap().stopped()).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "drain took {:?}", started.elapsed());
+}

@@ -23,8 +23,8 @@ const SEEN_IDS: usize = 1024;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Server address, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:7100")]
+    /// Server address, HOST:PORT (default: the server's `device.tcp_addr`).
+    #[arg(long, default_value = "127.0.0.1:7100", env = "LONGLINK_DEVICE__TCP_ADDR")]
     addr: String,
     /// Connect over TLS.
     #[arg(long)]

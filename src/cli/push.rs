@@ -12,8 +12,8 @@ use crate::proto::router::{Devices, Message, PresenceRequest, PushRequest, User,
 
 #[derive(Debug, clap::Args)]
 pub struct Api {
-    /// Router API address.
-    #[arg(long, default_value = "127.0.0.1:7101")]
+    /// Router API address (the server's `router.addr`).
+    #[arg(long, default_value = "127.0.0.1:7101", env = "LONGLINK_ROUTER__ADDR")]
     api: String,
     /// Router key, when the server requires one.
     #[arg(long, env = "LONGLINK_ROUTER_KEY", hide_env_values = true)]

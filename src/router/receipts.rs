@@ -20,9 +20,15 @@ pub fn subscribe(
 ) -> mpsc::Receiver<Result<ReceiptEvent, Status>> {
     let mut feed = node.hub.receipts.subscribe();
     let (tx, rx) = mpsc::channel(BACKLOG);
+    let node = node.clone();
     tokio::spawn(async move {
         loop {
-            let event = match feed.recv().await {
+            let next = tokio::select! {
+                biased;
+                _ = node.hub.receipts.closed() => break,
+                next = feed.recv() => next,
+            };
+            let event = match next {
                 Ok(event) if matches(&event, &request.app_id, &request.device_id) => {
                     Arc::unwrap_or_clone(event)
                 }

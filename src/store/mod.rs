@@ -58,6 +58,11 @@ pub enum StoreError {
     Engine(#[from] fjall::Error),
     #[error("store writer has stopped")]
     Stopped,
+    #[error(
+        "store {0} is in use by another process (another `longlink serve` with the same data \
+         directory?)"
+    )]
+    Locked(String),
 }
 
 enum Op {
@@ -113,7 +118,11 @@ impl Store {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open_with(dir: &Path, fsync: Fsync, memory: Memory) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(fjall::Error::from)?;
-        let db = Database::builder(dir).cache_size(memory.cache_bytes).open()?;
+        let db =
+            Database::builder(dir).cache_size(memory.cache_bytes).open().map_err(|e| match e {
+                fjall::Error::Locked => StoreError::Locked(dir.display().to_string()),
+                other => StoreError::Engine(other),
+            })?;
         // Each keyspace has its own memtable; split the budget between the three.
         let per = (memory.write_buffer_bytes / 3).max(1 << 20);
         let options = || KeyspaceCreateOptions::default().max_memtable_size(per);
