@@ -5,62 +5,18 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_longlink");
+mod support;
 
-/// A `longlink serve` child process on free ports, killed on drop.
-struct Served {
-    child: Child,
-    dir: tempfile::TempDir,
-    tcp: String,
-    tls: String,
-    api: String,
-}
+use support::child::{BIN, Served, serve_in};
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `longlink serve` through `sh -c` with `prefix` (such as `ulimit -n 64;`).
-fn serve(prefix: &str) -> Served {
+/// A server in a directory of its own, removed with the returned guard.
+fn serve(prefix: &str) -> (Served, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{prefix} exec {BIN} serve"))
-        .current_dir(dir.path())
-        .env("LONGLINK_DEVICE__TCP_ADDR", "127.0.0.1:0")
-        .env("LONGLINK_DEVICE__TLS_ADDR", "127.0.0.1:0")
-        .env("LONGLINK_ROUTER__ADDR", "127.0.0.1:0")
-        .env("LONGLINK_ADMIN__ADDR", "127.0.0.1:0")
-        .env("LONGLINK_HEARTBEAT__MIN_SECS", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut tcp, mut tls, mut api) = (String::new(), String::new(), String::new());
-    while api.is_empty() {
-        let line = lines.next().expect("serve printed its addresses").unwrap();
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next(), words.next()) {
-            (Some("device"), Some("TCP"), Some(a)) => tcp = a.into(),
-            (Some("device"), Some("TLS"), Some(a)) => tls = a.into(),
-            (Some("router"), Some("API"), Some(a)) => api = a.into(),
-            _ => {}
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Served { child, dir, tcp, tls, api }
+    (serve_in(dir.path(), prefix, &[]), dir)
 }
 
 fn run(served: &Served, args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).current_dir(served.dir.path()).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    served.run(args)
 }
 
 fn client(served: &Served, device: &str, extra: &[&str]) -> Child {
@@ -68,7 +24,7 @@ fn client(served: &Served, device: &str, extra: &[&str]) -> Child {
     Command::new(BIN)
         .args(["client", "--app", "demo", "--device", device, "--token", token.trim()])
         .args(extra)
-        .current_dir(served.dir.path())
+        .current_dir(served.dir.as_path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -120,8 +76,8 @@ fn wait_exit(child: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
 
 #[test]
 fn the_readme_walkthrough_delivers_every_kind_over_tcp_and_tls() {
-    let served = serve("");
-    let ca = served.dir.path().join("longlink-data/tls/cert.pem");
+    let (served, _dir) = serve("");
+    let ca = served.dir.as_path().join("longlink-data/tls/cert.pem");
     let tls_args = [
         "--addr",
         &served.tls,
@@ -179,7 +135,7 @@ fn the_readme_walkthrough_delivers_every_kind_over_tcp_and_tls() {
 
 #[test]
 fn two_clients_with_one_device_id_do_not_take_each_other_over_in_a_loop() {
-    let served = serve("");
+    let (served, _dir) = serve("");
     let mut first = client(&served, "shared", &["--addr", &served.tcp]);
     let first_out = Events::of(&mut first);
     assert_eq!(first_out.take(1, 10)[0]["event"], "welcome");
@@ -206,7 +162,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// Case C10. Run on a current-thread tokio runtime of its own, with real sockets.
 #[test]
 fn accepting_survives_descriptor_exhaustion_without_spinning() {
-    let served = serve("ulimit -n 64;");
+    let (served, _dir) = serve("ulimit -n 64;");
     let pid = served.child.id();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -261,7 +217,7 @@ fn accepting_survives_descriptor_exhaustion_without_spinning() {
         }
         assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     });
-    let log = std::fs::read_to_string(served.dir.path().join("serve.log")).unwrap();
+    let log = std::fs::read_to_string(served.dir.as_path().join("serve.log")).unwrap();
     let complaints = log.matches("out of file descriptors").count();
     assert!((1..=3).contains(&complaints), "{complaints} exhaustion log lines in about 3 s");
 }
