@@ -243,12 +243,3 @@ async fn huge_declared_lengths_close_at_once_without_allocating() {
     assert!(matches!(pong.frame, Some(server_frame::Frame::Pong(_))), "others unaffected");
     server.stop().await;
 }
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
