@@ -15,6 +15,7 @@ pub mod close;
 pub mod config;
 pub mod connection;
 pub mod frame;
+pub mod handler;
 pub mod handshake;
 pub mod heartbeat;
 pub mod hub;

@@ -1,0 +1,108 @@
+//! What an established session does with each frame the app sends. Everything here is
+//! synchronous: a frame changes the hub or queues an answer on the connection's own link;
+//! nothing touches the socket.
+
+use crate::close::CloseReason;
+use crate::handshake::valid_report;
+use crate::link::Link;
+use crate::node::Node;
+use crate::proto::device::{Bound, ClientFrame, Pong, ServerFrame, client_frame, server_frame};
+use crate::session::DeviceKey;
+
+/// Message ids one `Ack` may list (the protocol's documented limit).
+const MAX_ACK_IDS: usize = 256;
+
+/// Frames that write to the store or scan a mailbox, which the per-connection budget counts.
+pub fn costly(frame: &ClientFrame) -> bool {
+    use client_frame::Frame;
+    match &frame.frame {
+        Some(Frame::Report(_) | Frame::Bind(_) | Frame::Unbind(_)) => true,
+        Some(Frame::Ack(ack)) => !ack.message_ids.is_empty(),
+        _ => false,
+    }
+}
+
+/// Handles the frames of one established session.
+pub struct Handler<'a> {
+    pub node: &'a Node,
+    pub key: &'a DeviceKey,
+    pub link: &'a Link,
+}
+
+impl Handler<'_> {
+    pub fn on_frame(&self, frame: ClientFrame) -> Result<(), CloseReason> {
+        use client_frame::Frame;
+        match frame.frame {
+            Some(Frame::Ping(ping)) => {
+                let pong = Pong {
+                    client_time_ms: ping.client_time_ms,
+                    server_time_ms: crate::clock::unix_ms(),
+                };
+                self.answer(server_frame::Frame::Pong(pong));
+            }
+            Some(Frame::Ack(ack)) if ack.message_ids.len() > MAX_ACK_IDS => {
+                return Err(CloseReason::Malformed);
+            }
+            Some(Frame::Ack(ack)) => {
+                let released = self.node.hub.ack(self.key, ack.seq, &ack.message_ids);
+                metrics::counter!("longlink_acks_total").increment(released as u64);
+            }
+            Some(Frame::Receipt(receipt)) => self.receipt(&receipt),
+            Some(Frame::Report(report)) => {
+                let report = report.report.unwrap_or_default();
+                if !valid_report(&report) {
+                    return Err(CloseReason::Malformed);
+                }
+                self.node.hub.report(self.key, report);
+            }
+            Some(Frame::Bind(bind)) => self.bind(&bind.token)?,
+            Some(Frame::Unbind(_)) => {
+                self.node.hub.bind(self.key, None);
+                tracing::info!("unbound");
+                self.answer(server_frame::Frame::Bound(Bound { user_id: String::new() }));
+            }
+            Some(Frame::Hello(_)) => return Err(CloseReason::UnexpectedFrame),
+            None => return Err(CloseReason::Malformed),
+        }
+        Ok(())
+    }
+
+    /// Passes what the app did with a message on to receipt subscribers.
+    fn receipt(&self, receipt: &crate::proto::device::Receipt) {
+        use crate::proto::device::ReceiptStatus;
+        use crate::proto::router::Event;
+        let event = match receipt.status() {
+            ReceiptStatus::Displayed => Event::Displayed,
+            ReceiptStatus::Opened => Event::Opened,
+            ReceiptStatus::Dismissed => Event::Dismissed,
+            ReceiptStatus::DisplayFailed => Event::DisplayFailed,
+            ReceiptStatus::Unspecified => Event::Unspecified,
+        };
+        let label = receipt.status().as_str_name();
+        metrics::counter!("longlink_receipts_total", "status" => label).increment(1);
+        tracing::debug!(message = %receipt.message_id, status = label, "receipt");
+        let reason: String = receipt.reason.chars().take(64).collect();
+        let receipts = &self.node.hub.receipts;
+        receipts.emit(event, self.key, &receipt.message_id, 0, &reason);
+    }
+
+    fn bind(&self, token: &str) -> Result<(), CloseReason> {
+        let apps = self.node.apps();
+        let (_, key) = apps.get(&self.key.app).ok_or(CloseReason::UnknownApp)?;
+        let claims = key
+            .verify(token, &self.key.app, &self.key.device, crate::clock::unix_secs())
+            .map_err(CloseReason::Token)?;
+        let user = crate::handshake::user_of(&claims)?;
+        self.link.set_token_expiry(claims.exp);
+        self.node.hub.bind(self.key, user.as_deref());
+        tracing::info!(user = user.as_deref().unwrap_or(""), "bound");
+        self.answer(server_frame::Frame::Bound(Bound { user_id: user.unwrap_or_default() }));
+        Ok(())
+    }
+
+    /// Queues an answer; an overflow closes the connection as a slow consumer.
+    fn answer(&self, frame: server_frame::Frame) {
+        let bytes = crate::frame::encode(&ServerFrame { frame: Some(frame) });
+        self.link.send(bytes, self.node.hub.outbound_limits());
+    }
+}
