@@ -12,7 +12,8 @@ mod load;
 pub mod record;
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -100,6 +101,9 @@ pub struct Store {
     db: Database,
     spaces: Spaces,
     tx: mpsc::Sender<Op>,
+    /// Writes enqueued and not yet committed (the queue itself is unbounded; the
+    /// per-connection frame budget bounds what each device can add to it).
+    queued: Arc<AtomicUsize>,
     writer: std::thread::JoinHandle<()>,
 }
 
@@ -132,19 +136,23 @@ impl Store {
             requests: db.keyspace("requests", options)?,
         };
         let (tx, rx) = mpsc::channel();
-        let writer = Writer { db: db.clone(), spaces: spaces.clone(), fsync, rx };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer =
+            Writer { db: db.clone(), spaces: spaces.clone(), queued: queued.clone(), fsync, rx };
         let writer = std::thread::Builder::new()
             .name("longlink-store".into())
             .spawn(move || writer.run())
             .map_err(fjall::Error::from)?;
-        Ok(Store { db, spaces, tx, writer })
+        Ok(Store { db, spaces, tx, queued, writer })
     }
 
     pub fn put(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(Op::Put(space, key, value));
     }
 
     pub fn delete(&self, space: Space, key: Vec<u8>) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(Op::Delete(space, key));
     }
 
@@ -167,7 +175,7 @@ impl Store {
 
     /// Stops the writer after it wrote everything enqueued, and closes the store.
     pub fn close(self) {
-        let Store { db, spaces, tx, writer } = self;
+        let Store { db, spaces, tx, writer, .. } = self;
         drop(tx);
         let _ = writer.join();
         drop(spaces);
@@ -178,6 +186,7 @@ impl Store {
 struct Writer {
     db: Database,
     spaces: Spaces,
+    queued: Arc<AtomicUsize>,
     fsync: Fsync,
     rx: mpsc::Receiver<Op>,
 }
@@ -239,6 +248,8 @@ impl Writer {
                 Op::Barrier(done) => waiters.push(done),
             }
         }
+        let left = self.queued.fetch_sub(writes, Ordering::Relaxed).saturating_sub(writes);
+        metrics::gauge!("longlink_store_queue").set(left as f64);
         let mut result =
             if writes > 0 { batch.commit().map_err(|e| e.to_string()) } else { Ok(()) };
         if result.is_ok() && self.fsync == Fsync::Always && !waiters.is_empty() {
