@@ -16,48 +16,23 @@
 //!
 //! Target: the whole fan-out in under 1 s.
 
+mod common;
+use common::{limits, push};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use longlink::config::Config;
 use longlink::heartbeat::Heartbeats;
-use longlink::hub::{Hub, HubLimits, Outcome, Profile};
-use longlink::link::{Link, OutboundLimits};
+use longlink::hub::{Hub, Outcome, Profile};
+use longlink::link::Link;
 use longlink::message::Message;
-use longlink::proto::device::{Notification, Platform, Push, PushKind};
+use longlink::proto::device::Platform;
 use longlink::session::{DeviceKey, Session, Transport};
 use longlink::store::Store;
 
 const DEVICES: usize = 1_000_000;
-
-/// Limits as `server` builds them from the default configuration.
-fn limits() -> HubLimits {
-    let d = Config::default().device;
-    HubLimits {
-        outbound: OutboundLimits {
-            max_frames: d.outbound_max_frames,
-            max_bytes: d.outbound_max_bytes,
-        },
-        send_window: d.send_window,
-        pending_max: d.pending_max,
-    }
-}
-
-fn push() -> Push {
-    Push {
-        message_id: "018c2a9e5f3b4d7e9a1c2b3d4e5f6a7b".into(),
-        kind: PushKind::Notification as i32,
-        notification: Some(Notification {
-            title: "Your order has shipped".into(),
-            body: "Parcel 4711 left the warehouse and arrives tomorrow between 9 and 12.".into(),
-            click_action: "app://orders/4711".into(),
-        }),
-        data: vec![7; 48],
-        created_at_ms: 1_800_000_000_000,
-        ..Default::default()
-    }
-}
 
 /// A hub with `DEVICES` connected devices of one app, and their keys.
 struct Fleet {

@@ -6,6 +6,9 @@
 //! - `decode/*`: `Decoder::feed` over a buffer of back-to-back frames, fed whole and fed
 //!   in 1,448-byte chunks (one TCP segment) so frames straddle reads.
 
+mod common;
+use common::push;
+
 use std::hint::black_box;
 
 use bytes::Bytes;
@@ -13,7 +16,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use longlink::frame::{self, Decoder};
 use longlink::message::Message;
 use longlink::proto::device::{
-    Ack, ClientFrame, Notification, Ping, Push, PushKind, ServerFrame, client_frame, server_frame,
+    Ack, ClientFrame, Ping, Push, ServerFrame, client_frame, server_frame,
 };
 
 /// Frames per decode batch.
@@ -22,22 +25,6 @@ const BATCH: usize = 1_000;
 const SEGMENT: usize = 1_448;
 /// Frame size limit after `Welcome`.
 const LIMIT: usize = 64 * 1024;
-
-/// A push of a size typical for a notification: title, body, a little data.
-fn push() -> Push {
-    Push {
-        message_id: "018c2a9e5f3b4d7e9a1c2b3d4e5f6a7b".into(),
-        kind: PushKind::Notification as i32,
-        notification: Some(Notification {
-            title: "Your order has shipped".into(),
-            body: "Parcel 4711 left the warehouse and arrives tomorrow between 9 and 12.".into(),
-            click_action: "app://orders/4711".into(),
-        }),
-        data: vec![7; 48],
-        created_at_ms: 1_800_000_000_000,
-        ..Default::default()
-    }
-}
 
 fn server_push(seq: u64) -> ServerFrame {
     ServerFrame { frame: Some(server_frame::Frame::Push(Push { seq, ..push() })) }

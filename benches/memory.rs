@@ -19,13 +19,16 @@
 //! counted, but the store's own memory (fjall's memtables and caches, which it bounds
 //! by size, not per device) is inside the `Hub::connect` figure.
 
+mod common;
+use common::limits;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use longlink::config::Config;
 use longlink::heartbeat::Heartbeats;
-use longlink::hub::{Device, Hub, HubLimits, Profile};
-use longlink::link::{Link, OutboundLimits};
+use longlink::hub::{Device, Hub, Profile};
+use longlink::link::Link;
 use longlink::mailbox::Mailbox;
 use longlink::message::Message;
 use longlink::proto::device::{Platform, Push};
@@ -35,18 +38,6 @@ use longlink::store::Store;
 const DEVICES: usize = 1_000_000;
 /// Silence limit of the default heartbeat (180 s x 1.5).
 const SILENCE_MS: u64 = 270_000;
-
-fn limits() -> HubLimits {
-    let d = Config::default().device;
-    HubLimits {
-        outbound: OutboundLimits {
-            max_frames: d.outbound_max_frames,
-            max_bytes: d.outbound_max_bytes,
-        },
-        send_window: d.send_window,
-        pending_max: d.pending_max,
-    }
-}
 
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {

@@ -49,9 +49,9 @@ LL_ADMIN=${BENCH_LONGLINK_ADMIN:-127.0.0.1:47102}
 MQ_PORT=${BENCH_MOSQUITTO_PORT:-48830}
 MQ_ADDR=127.0.0.1:$MQ_PORT
 
-RESULTS=${BENCH_RESULTS:-$(mktemp -d /tmp/longlink-bench.XXXXXX)}
+RESULTS=${BENCH_RESULTS:-$(mktemp -d)}
 mkdir -p "$RESULTS"
-WORK=$(mktemp -d /tmp/longlink-bench-work.XXXXXX)
+WORK=$(mktemp -d)
 
 log() { printf '\n== %s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
