@@ -33,6 +33,10 @@ type UserIndex = DashMap<(Arc<str>, Arc<str>), HashSet<Arc<str>>>;
 /// Shards per map: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 64;
 
+/// Distinct app versions interned at most; past it, versions get their own copy (so a
+/// stream of made-up versions cannot grow the interner without bound).
+const MAX_VERSIONS: usize = 4096;
+
 /// Seqs reserved on disk at a time: the registry record is rewritten once per block.
 const SEQ_BLOCK: u64 = 1024;
 
@@ -59,20 +63,27 @@ pub struct Profile {
 #[derive(Debug, Default)]
 pub struct Device {
     pub platform: i32,
-    pub app_version: Box<str>,
+    /// Interned: a fleet runs a handful of versions.
+    pub app_version: Arc<str>,
     pub user: Option<Arc<str>>,
     pub report: Option<Box<DeviceReport>>,
     /// When the device was last heard from while no session was live, Unix ms.
     pub last_seen_ms: i64,
     /// Seqs up to here may have been given out; kept on disk ahead of use.
     seq_floor: u64,
-    mailbox: Mailbox,
+    /// Allocated when the device first gets a message: most connected devices are idle,
+    /// and an inline mailbox would cost each of them 80 bytes.
+    mailbox: Option<Box<Mailbox>>,
     /// The live session's link, the same one the session table holds: a push finds it
     /// with the one lookup that also locks the device.
     live: Option<Arc<Link>>,
 }
 
 impl Device {
+    fn mailbox(&mut self) -> &mut Mailbox {
+        self.mailbox.get_or_insert_with(Box::default)
+    }
+
     fn record(&self) -> StoredDevice {
         StoredDevice {
             platform: self.platform,
@@ -112,6 +123,7 @@ pub struct Hub {
     pub receipts: Receipts,
     devices: DashMap<DeviceKey, Device>,
     users: UserIndex,
+    versions: DashMap<Arc<str>, ()>,
     limits: HubLimits,
     store: Arc<Store>,
 }
@@ -124,6 +136,7 @@ impl Hub {
             receipts: Receipts::default(),
             devices: DashMap::with_shard_amount(SHARDS),
             users: DashMap::with_shard_amount(SHARDS),
+            versions: DashMap::new(),
             limits,
             store,
         }
@@ -142,7 +155,7 @@ impl Hub {
             let r = kept.record;
             let mut device = Device {
                 platform: r.platform,
-                app_version: r.app_version.into(),
+                app_version: self.intern(&r.app_version),
                 report: r.report.map(Box::new),
                 last_seen_ms: r.last_seen_ms,
                 seq_floor: r.seq_floor,
@@ -151,7 +164,7 @@ impl Hub {
             for (seq, stored) in kept.messages {
                 match Message::from_body(&stored.body) {
                     Ok(message) => {
-                        device.mailbox.restore(seq, Arc::new(message), stored.handed);
+                        device.mailbox().restore(seq, Arc::new(message), stored.handed);
                         restored += 1;
                     }
                     Err(error) => {
@@ -160,7 +173,10 @@ impl Hub {
                     }
                 }
             }
-            device.mailbox.raise_floor(device.seq_floor);
+            if device.seq_floor > 0 {
+                let floor = device.seq_floor;
+                device.mailbox().raise_floor(floor);
+            }
             let user = (!r.user_id.is_empty()).then(|| Arc::from(r.user_id.as_str()));
             self.rebind(&key, &mut device, user);
             self.devices.insert(key, device);
@@ -172,17 +188,34 @@ impl Hub {
     /// it replaces with `Replaced`, and hands the new link every unacked message.
     pub fn connect(&self, key: &DeviceKey, profile: Profile, session: Session) {
         let link = session.link.clone();
-        let mut device = self.devices.entry(key.clone()).or_default();
+        let mut new = false;
+        let mut device = self.devices.entry(key.clone()).or_insert_with(|| {
+            new = true;
+            Device::default()
+        });
+        // Written only when something changed: a reconnect storm after a restart must not
+        // become a storm of identical registry writes.
+        let mut changed = new || device.platform != profile.platform;
         device.platform = profile.platform;
-        device.app_version = profile.app_version.into();
-        if let Some(report) = profile.report {
-            device.report = Some(Box::new(report));
+        if *device.app_version != *profile.app_version {
+            device.app_version = self.intern(&profile.app_version);
+            changed = true;
         }
-        self.rebind(key, &mut device, profile.user.map(Arc::from));
-        let released = device.mailbox.resume_after(profile.acked_seq);
-        self.release(key, &released, Event::Acked, "");
-        device.mailbox.rewind();
-        self.persist_device(key, &device);
+        if let Some(report) = profile.report
+            && device.report.as_deref() != Some(&report)
+        {
+            device.report = Some(Box::new(report));
+            changed = true;
+        }
+        changed |= self.rebind(key, &mut device, profile.user.map(Arc::from));
+        if profile.acked_seq > 0 || device.mailbox.is_some() {
+            let released = device.mailbox().resume_after(profile.acked_seq);
+            self.release(key, &released, Event::Acked, "");
+            device.mailbox().rewind();
+        }
+        if changed {
+            self.persist_device(key, &device);
+        }
         device.live = Some(link.clone());
         if let Some(old) = self.sessions.insert(key.clone(), session) {
             old.link.close(CloseReason::Replaced);
@@ -213,8 +246,8 @@ impl Hub {
         if link.is_none() && message.ephemeral {
             return Outcome::NotDelivered { reason: "offline" };
         }
-        let backlog = device.mailbox.has_unsent();
-        let added = device.mailbox.add(message.clone(), self.limits.pending_max);
+        let backlog = device.mailbox().has_unsent();
+        let added = device.mailbox().add(message.clone(), self.limits.pending_max);
         self.release(key, &added.dropped, Event::Dropped, "pending_cap");
         self.release(key, &added.collapsed, Event::Dropped, "collapsed");
         count_dropped("pending_cap", added.dropped.len());
@@ -241,8 +274,9 @@ impl Hub {
     /// Releases acked messages and lets a replay continue.
     pub fn ack(&self, key: &DeviceKey, upto: u64, ids: &[String]) -> usize {
         let Some(mut device) = self.devices.get_mut(key) else { return 0 };
-        let mut released = device.mailbox.ack(upto);
-        released.extend(device.mailbox.ack_ids(ids));
+        let Some(mailbox) = device.mailbox.as_mut() else { return 0 };
+        let mut released = mailbox.ack(upto);
+        released.extend(mailbox.ack_ids(ids));
         self.release(key, &released, Event::Acked, "");
         if let Some(link) = device.live.clone() {
             self.pump(key, &mut device, &link);
@@ -274,7 +308,8 @@ impl Hub {
     pub fn purge_expired(&self, now_ms: i64) -> usize {
         let mut purged = 0;
         for mut entry in self.devices.iter_mut() {
-            let expired = entry.mailbox.purge(now_ms);
+            let Some(mailbox) = entry.mailbox.as_mut() else { continue };
+            let expired = mailbox.purge(now_ms);
             if !expired.is_empty() {
                 self.release(entry.key(), &expired, Event::Expired, "ttl");
                 purged += expired.len();
@@ -310,7 +345,7 @@ impl Hub {
 
     /// Unacked messages kept for a device.
     pub fn pending(&self, key: &DeviceKey) -> usize {
-        self.devices.get(key).map(|d| d.mailbox.len()).unwrap_or(0)
+        self.devices.get(key).and_then(|d| d.mailbox.as_ref().map(|m| m.len())).unwrap_or(0)
     }
 
     pub fn outbound_limits(&self) -> OutboundLimits {
@@ -323,9 +358,21 @@ impl Hub {
         now_unix_ms - ago as i64
     }
 
-    fn rebind(&self, key: &DeviceKey, device: &mut Device, user: Option<Arc<str>>) {
+    fn intern(&self, version: &str) -> Arc<str> {
+        if let Some(known) = self.versions.get(version) {
+            return known.key().clone();
+        }
+        let version: Arc<str> = version.into();
+        if self.versions.len() < MAX_VERSIONS {
+            self.versions.insert(version.clone(), ());
+        }
+        version
+    }
+
+    /// Returns whether the binding changed.
+    fn rebind(&self, key: &DeviceKey, device: &mut Device, user: Option<Arc<str>>) -> bool {
         if device.user == user {
-            return;
+            return false;
         }
         if let Some(old) = device.user.take() {
             let index = (key.app.clone(), old);
@@ -341,6 +388,7 @@ impl Hub {
                 .insert(key.device.clone());
         }
         device.user = user;
+        true
     }
 
     /// Writes the message just added when nothing older waits: the live path, bounded by
@@ -349,7 +397,7 @@ impl Hub {
         self.tell_missed(device, link);
         let mut expired = Vec::new();
         let now = crate::clock::unix_ms();
-        if let Some(out) = device.mailbox.next(usize::MAX, now, &mut expired) {
+        if let Some(out) = device.mailbox().next(usize::MAX, now, &mut expired) {
             self.hand(key, link, &out);
         }
         self.expire(key, &expired);
@@ -358,10 +406,13 @@ impl Hub {
     /// Hands the link as much of the backlog as the send window allows, after telling the
     /// device how many messages it missed, if any.
     fn pump(&self, key: &DeviceKey, device: &mut Device, link: &Link) {
+        if device.mailbox.is_none() {
+            return;
+        }
         self.tell_missed(device, link);
         let now = crate::clock::unix_ms();
         let mut expired = Vec::new();
-        while let Some(out) = device.mailbox.next(self.limits.send_window, now, &mut expired) {
+        while let Some(out) = device.mailbox().next(self.limits.send_window, now, &mut expired) {
             if self.hand(key, link, &out) != Sent::Queued {
                 break;
             }
@@ -370,7 +421,8 @@ impl Hub {
     }
 
     fn tell_missed(&self, device: &mut Device, link: &Link) {
-        let count = device.mailbox.take_missed();
+        let Some(mailbox) = device.mailbox.as_mut() else { return };
+        let count = mailbox.take_missed();
         if count > 0 {
             let missed = server_frame::Frame::Missed(Missed { count });
             self.write(link, crate::frame::encode(&ServerFrame { frame: Some(missed) }));
