@@ -207,7 +207,17 @@ async fn serve_router(
         tracing::info!(%addr, "router API ready");
     }
     let service = RouterServer::with_interceptor(Service::new(node), move |r| keys.check(r));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY, small gRPC answers wait on Nagle and delayed acks: tens of
+    // milliseconds at the tail of push latency.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |socket| {
+            if let Ok(socket) = &socket {
+                let _ = socket.set_nodelay(true);
+            }
+            socket
+        },
+    );
     let result = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {
