@@ -150,6 +150,14 @@ fn two_clients_with_one_device_id_do_not_take_each_other_over_in_a_loop() {
     let events = second_out.take(2, 2);
     assert_eq!(events.len(), 1, "no second welcome: nothing reconnected: {events:?}");
     assert_eq!(events[0]["event"], "welcome");
+
+    // An operator kick (without --reconnect) ends the remaining one for good.
+    let kicked =
+        run(&served, &["kick", "--api", &served.api, "--app", "demo", "--device", "shared"]);
+    assert_eq!(kicked.trim(), r#"{"kicked":true}"#);
+    let events = second_out.take(1, 5);
+    assert_eq!(events[0]["reason"], "KICK_REASON_OPERATOR", "{events:?}");
+    assert!(wait_exit(&mut second, 5).expect("kicked client exits").success());
     let _ = second.kill();
 }
 

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `token`, `client`, `push`, `presence` and `config print`.
+//! The command line: `serve`, `token`, `client`, `push`, `presence`, `receipts`, `kick` and
+//! `config print`.
 //! Each command parses its flags here and does its work in its own module.
 
 mod client;
@@ -32,6 +33,8 @@ enum Command {
     Presence(push::PresenceArgs),
     /// Follows the receipts stream: one JSON object per event.
     Receipts(push::ReceiptsArgs),
+    /// Disconnects a device with Kick(operator).
+    Kick(push::KickArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -58,6 +61,7 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Push(args) => runtime()?.block_on(push::push(args)),
         Command::Presence(args) => runtime()?.block_on(push::presence(args)),
         Command::Receipts(args) => runtime()?.block_on(push::receipts(args)),
+        Command::Kick(args) => runtime()?.block_on(push::kick(args)),
         Command::Config { command: ConfigCommand::Print { config } } => {
             let config = crate::config::Config::load(config.as_deref(), std::env::vars())?;
             print!("{}", config.to_toml());

@@ -6,9 +6,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::proto::device::{Badge, Notification, Platform, PushKind, badge};
-use crate::proto::router::ReceiptsRequest;
 use crate::proto::router::router_client::RouterClient;
 use crate::proto::router::{Devices, Message, PresenceRequest, PushRequest, User, push_request};
+use crate::proto::router::{KickRequest, ReceiptsRequest};
 
 #[derive(Debug, clap::Args)]
 pub struct Api {
@@ -69,6 +69,22 @@ pub struct ReceiptsArgs {
     /// Only events of this device.
     #[arg(long, default_value = "")]
     device: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KickArgs {
+    #[command(flatten)]
+    api: Api,
+    #[arg(long)]
+    app: String,
+    #[arg(long)]
+    device: String,
+    /// Let the app come back on its own, after a randomized delay.
+    #[arg(long)]
+    reconnect: bool,
+    /// Detail passed to the app.
+    #[arg(long, default_value = "")]
+    message: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +184,20 @@ pub async fn presence(args: PresenceArgs) -> anyhow::Result<ExitCode> {
     for device in &response.devices {
         println!("{}", super::output::presence(device));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Disconnects a device with Kick(operator); prints whether it had a live connection.
+pub async fn kick(args: KickArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.api).await?;
+    let request = KickRequest {
+        app_id: args.app,
+        device_id: args.device,
+        reconnect: args.reconnect,
+        message: args.message,
+    };
+    let kicked = client.kick(request).await?.into_inner().kicked;
+    println!("{}", serde_json::json!({ "kicked": kicked }));
     Ok(ExitCode::SUCCESS)
 }
 
