@@ -170,7 +170,7 @@ async fn welcome(node: &Arc<Node>, established: Established) -> Option<Live> {
         budget: Budget::default(),
     };
     // Frames the app pipelined behind its Hello are already buffered: handle them now.
-    if let Err(reason) = conn.feed(&[]) {
+    if let Err(reason) = conn.feed(&[], node.hub.heartbeats.now_ms()) {
         conn.link.close(reason);
     }
     Some(conn)
@@ -180,17 +180,23 @@ async fn welcome(node: &Arc<Node>, established: Established) -> Option<Live> {
 async fn close(conn: Live, reason: CloseReason) {
     conn.node.hub.disconnect(&conn.key, conn.link.session_id, crate::clock::unix_ms());
     metrics::counter!("longlink_closes_total", "reason" => reason.label()).increment(1);
-    let (app, device, session) = (&*conn.key.app, &*conn.key.device, conn.link.session_id);
-    match reason.level() {
-        Level::Debug => {
-            tracing::debug!(app, device, session = %format_args!("{session:x}"), reason = reason.label(), "session closed")
-        }
-        Level::Info => {
-            tracing::info!(app, device, session = %format_args!("{session:x}"), reason = reason.label(), "session closed")
-        }
-    }
+    log_session_close(&conn, reason);
     let spread = conn.node.settings.reconnect_delay_ms();
     say_goodbye(conn.stream, reason, spread).await;
+}
+
+/// Logs the end of a session with who it was, at the level its reason calls for.
+fn log_session_close(conn: &Live, reason: CloseReason) {
+    let (app, device) = (&*conn.key.app, &*conn.key.device);
+    let session = format_args!("{:x}", conn.link.session_id);
+    match reason.level() {
+        Level::Debug => {
+            tracing::debug!(app, device, %session, reason = reason.label(), "session closed")
+        }
+        Level::Info => {
+            tracing::info!(app, device, %session, reason = reason.label(), "session closed")
+        }
+    }
 }
 
 fn log_close(reason: CloseReason) {
@@ -327,14 +333,15 @@ impl Live {
         if buf.filled().is_empty() {
             return Err(CloseReason::PeerClosed);
         }
-        self.link.touch(self.node.hub.heartbeats.now_ms());
+        let now = self.node.hub.heartbeats.now_ms();
+        self.link.touch(now);
         let n = buf.filled().len();
-        self.feed(&chunk[..n])?;
+        self.feed(&chunk[..n], now)?;
         Ok(true)
     }
 
     /// Decodes and handles every complete frame in `bytes` (and in what was buffered).
-    fn feed(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
+    fn feed(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), CloseReason> {
         let mut failure = None;
         let mut frames = 0;
         let handler = Handler { node: &self.node, key: &self.key, link: &self.link };
@@ -353,8 +360,7 @@ impl Live {
         if let Some(reason) = failure {
             return Err(reason);
         }
-        let now = self.node.hub.heartbeats.now_ms();
-        if !self.budget.spend(frames, now, self.node.settings.max_frames_per_sec) {
+        if !self.budget.spend(frames, now_ms, self.node.settings.max_frames_per_sec) {
             return Err(CloseReason::RateLimited);
         }
         Ok(())
