@@ -91,25 +91,6 @@ impl CloseReason {
         }
     }
 
-    /// True for reasons that end a handshake (the connection never had a session).
-    pub fn is_handshake_failure(self) -> bool {
-        use CloseReason::*;
-        matches!(
-            self,
-            Malformed
-                | FrameTooLarge
-                | HelloRequired
-                | HandshakeTimeout
-                | UnsupportedVersion
-                | UnknownApp
-                | InvalidHello
-                | Token(_)
-                | UnexpectedFrame
-                | Busy { .. }
-                | Refused { .. }
-        )
-    }
-
     /// The last frame to send the app before closing, if any. `spread_ms` is the
     /// randomized reconnect delay for reasons whose cause may repeat on reconnect (a slow
     /// consumer), so that a device does not loop.

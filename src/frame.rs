@@ -56,30 +56,19 @@ impl Decoder {
         F: FnMut(M) -> bool,
     {
         if self.partial.is_empty() {
+            // The common case: whole frames straight from the caller's buffer, and only
+            // an incomplete tail copied.
             let used = decode_all(chunk, self.limit, &mut on_frame)?;
-            self.keep_tail(&chunk[used..])?;
+            self.partial.extend_from_slice(&chunk[used..]);
             return Ok(());
         }
         self.partial.extend_from_slice(chunk);
         let mut pending = std::mem::take(&mut self.partial);
-        let used = decode_all(&pending, self.limit, &mut on_frame);
-        match used {
-            Ok(used) => {
-                pending.advance(used);
-                if pending.is_empty() {
-                    // Frame boundary reached: release the buffer rather than keep it idle.
-                    return Ok(());
-                }
-                self.partial = pending;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn keep_tail(&mut self, tail: &[u8]) -> Result<(), FrameError> {
-        if !tail.is_empty() {
-            self.partial.extend_from_slice(tail);
+        let used = decode_all(&pending, self.limit, &mut on_frame)?;
+        pending.advance(used);
+        // At a frame boundary the buffer is dropped rather than kept idle.
+        if !pending.is_empty() {
+            self.partial = pending;
         }
         Ok(())
     }

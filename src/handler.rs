@@ -81,9 +81,11 @@ impl Handler<'_> {
         let label = receipt.status().as_str_name();
         metrics::counter!("longlink_receipts_total", "status" => label).increment(1);
         tracing::debug!(message = %receipt.message_id, status = label, "receipt");
-        let reason: String = receipt.reason.chars().take(64).collect();
         let receipts = &self.node.hub.receipts;
-        receipts.emit(event, self.key, &receipt.message_id, 0, &reason);
+        if receipts.wanted() {
+            let reason: String = receipt.reason.chars().take(64).collect();
+            receipts.emit(event, self.key, &receipt.message_id, 0, &reason);
+        }
     }
 
     fn bind(&self, token: &str) -> Result<(), CloseReason> {
