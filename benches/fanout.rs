@@ -67,7 +67,7 @@ impl Fleet {
     /// Acks everything and gives every device a fresh, empty link.
     fn reconnect_all(&mut self) {
         for key in &self.keys {
-            self.hub.ack(key, u64::MAX, &[]);
+            self.hub.ack(key, u64::MAX, &[], 0);
             self.next_session += 1;
             let id = self.next_session;
             let profile = Profile {

@@ -123,6 +123,12 @@ impl Device {
         self.send(client_frame::Frame::Ack(Ack { seq, ..Default::default() })).await
     }
 
+    /// Acks broadcasts up to `cursor` (cumulative).
+    pub async fn ack_broadcast(&mut self, cursor: u64) -> io::Result<()> {
+        let ack = Ack { broadcast_cursor: cursor, ..Default::default() };
+        self.send(client_frame::Frame::Ack(ack)).await
+    }
+
     pub async fn ping(&mut self) -> io::Result<()> {
         let client_time_ms = crate::clock::unix_ms();
         self.send(client_frame::Frame::Ping(Ping { client_time_ms })).await

@@ -176,6 +176,9 @@ pub struct DeliveryConfig {
     pub max_ttl_secs: u32,
     /// How often expired messages are purged from memory and disk, in seconds.
     pub purge_interval_secs: u64,
+    /// Broadcasts kept per app (each while its TTL lasts); past it the oldest are
+    /// dropped, and devices that have not caught up never get them.
+    pub broadcast_max: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,6 +282,7 @@ impl Default for DeliveryConfig {
             default_ttl_secs: 86_400,
             max_ttl_secs: 30 * 86_400,
             purge_interval_secs: 10,
+            broadcast_max: 1_000,
         }
     }
 }

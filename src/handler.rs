@@ -44,7 +44,8 @@ impl Handler<'_> {
                 return Err(CloseReason::Malformed);
             }
             Some(Frame::Ack(ack)) => {
-                let released = self.node.hub.ack(self.key, ack.seq, &ack.message_ids);
+                let released =
+                    self.node.hub.ack(self.key, ack.seq, &ack.message_ids, ack.broadcast_cursor);
                 metrics::counter!("longlink_acks_total").increment(released as u64);
             }
             Some(Frame::Receipt(receipt)) => self.receipt(&receipt),

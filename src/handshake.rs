@@ -108,6 +108,7 @@ async fn greet(
         user,
         report: hello.report,
         acked_seq: hello.acked_seq,
+        broadcast_cursor: hello.broadcast_cursor,
     };
     Ok((decoder, key, profile, session, welcome))
 }

@@ -1,6 +1,6 @@
 //! The hub: the device registry, every device's mailbox and the session table, and the
-//! operations that must see them together (connect, push, ack, disconnect), each of
-//! which also records its change in the store.
+//! operations that must see them together (connect, push, ack, disconnect, broadcast),
+//! each of which also records its change in the store.
 //!
 //! Lock order, everywhere: a device's registry entry, then the session table, then a
 //! link's outbox. Holding the device entry while choosing the link and enqueueing is what
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::broadcast::Broadcasts;
 use crate::close::CloseReason;
 use crate::heartbeat::Heartbeats;
 use crate::link::{Link, OutboundLimits, Sent};
@@ -47,6 +48,8 @@ pub struct HubLimits {
     pub send_window: usize,
     /// Unacked messages kept per device.
     pub pending_max: usize,
+    /// Broadcasts kept per app.
+    pub broadcast_max: usize,
 }
 
 /// What a device says about itself when it connects.
@@ -57,6 +60,8 @@ pub struct Profile {
     pub user: Option<String>,
     pub report: Option<DeviceReport>,
     pub acked_seq: u64,
+    /// The highest broadcast seq the app has processed.
+    pub broadcast_cursor: u64,
 }
 
 /// Everything this node knows about one device, online or not.
@@ -77,6 +82,27 @@ pub struct Device {
     /// The live session's link, the same one the session table holds: a push finds it
     /// with the one lookup that also locks the device.
     live: Option<Arc<Link>>,
+    /// Where the device stands in its app's broadcasts.
+    cursor: Cursor,
+}
+
+/// A device's position in its app's broadcast log.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cursor {
+    /// The app's last broadcast seq when the device was first seen: older broadcasts
+    /// reach it only when they were sent for new devices too.
+    floor: u64,
+    /// Acked up to here.
+    acked: u64,
+    /// The current link has been taken through the log up to here (handed, or skipped
+    /// as not for this device).
+    scanned: u64,
+    /// The highest broadcast written to the current link: what is in flight is between
+    /// `acked` and here.
+    written: u64,
+    /// The highest broadcast written to an earlier link: resending up to here is a
+    /// redelivery.
+    handed: u64,
 }
 
 impl Device {
@@ -92,6 +118,8 @@ impl Device {
             report: self.report.as_deref().cloned(),
             last_seen_ms: self.last_seen_ms,
             seq_floor: self.seq_floor,
+            broadcast_floor: self.cursor.floor,
+            broadcast_acked: self.cursor.acked,
         }
     }
 }
@@ -121,6 +149,7 @@ pub struct Hub {
     pub sessions: SessionTable,
     pub heartbeats: Arc<Heartbeats>,
     pub receipts: Receipts,
+    pub broadcasts: Broadcasts,
     devices: DashMap<DeviceKey, Device>,
     users: UserIndex,
     versions: DashMap<Arc<str>, ()>,
@@ -134,6 +163,7 @@ impl Hub {
             sessions: SessionTable::default(),
             heartbeats,
             receipts: Receipts::default(),
+            broadcasts: Broadcasts::default(),
             devices: DashMap::with_shard_amount(SHARDS),
             users: DashMap::with_shard_amount(SHARDS),
             versions: DashMap::new(),
@@ -149,6 +179,7 @@ impl Hub {
     /// Rebuilds the registry and the mailboxes from what the store kept. Returns how
     /// many messages were restored.
     pub fn restore(&self, loaded: &mut Loaded) -> usize {
+        self.restore_broadcasts(loaded);
         let mut restored = 0;
         for ((app, id), kept) in std::mem::take(&mut loaded.devices) {
             let key = DeviceKey::new(&app, &id);
@@ -159,6 +190,12 @@ impl Hub {
                 report: r.report.map(Box::new),
                 last_seen_ms: r.last_seen_ms,
                 seq_floor: r.seq_floor,
+                cursor: Cursor {
+                    floor: r.broadcast_floor,
+                    acked: r.broadcast_acked,
+                    handed: r.broadcast_acked,
+                    ..Cursor::default()
+                },
                 ..Device::default()
             };
             for (seq, stored) in kept.messages {
@@ -191,7 +228,8 @@ impl Hub {
         let mut new = false;
         let mut device = self.devices.entry(key.clone()).or_insert_with(|| {
             new = true;
-            Device::default()
+            let floor = self.broadcasts.last_seq(&key.app);
+            Device { cursor: Cursor { floor, ..Cursor::default() }, ..Device::default() }
         });
         // Written only when something changed: a reconnect storm after a restart must not
         // become a storm of identical registry writes.
@@ -216,11 +254,13 @@ impl Hub {
         if changed {
             self.persist_device(key, &device);
         }
+        self.resume_broadcasts(key, &mut device, profile.broadcast_cursor);
         device.live = Some(link.clone());
         if let Some(old) = self.sessions.insert(key.clone(), session) {
             old.link.close(CloseReason::Replaced);
         }
         self.pump(key, &mut device, &link);
+        self.pump_broadcasts(key, &mut device, &link, None);
     }
 
     /// Ends session `session_id` of the device, unless a newer session replaced it.
@@ -271,15 +311,23 @@ impl Hub {
         Outcome::Sent { seq: added.seq }
     }
 
-    /// Releases acked messages and lets a replay continue.
-    pub fn ack(&self, key: &DeviceKey, upto: u64, ids: &[String]) -> usize {
+    /// Releases acked messages and broadcasts and lets a replay continue. Returns how
+    /// many messages (not broadcasts) it released.
+    pub fn ack(&self, key: &DeviceKey, upto: u64, ids: &[String], broadcast_cursor: u64) -> usize {
         let Some(mut device) = self.devices.get_mut(key) else { return 0 };
+        let live = device.live.clone();
+        if broadcast_cursor > device.cursor.acked {
+            self.ack_broadcasts(key, &mut device, broadcast_cursor);
+            if let Some(link) = &live {
+                self.pump_broadcasts(key, &mut device, link, None);
+            }
+        }
         let Some(mailbox) = device.mailbox.as_mut() else { return 0 };
         let mut released = mailbox.ack(upto);
         released.extend(mailbox.ack_ids(ids));
         self.release(key, &released, Event::Acked, "");
-        if let Some(link) = device.live.clone() {
-            self.pump(key, &mut device, &link);
+        if let Some(link) = &live {
+            self.pump(key, &mut device, link);
         }
         released.len()
     }
@@ -304,8 +352,10 @@ impl Hub {
         }
     }
 
-    /// Releases every expired message of every device; returns how many.
+    /// Releases every expired message of every device, and expired broadcasts; returns
+    /// how many device messages.
     pub fn purge_expired(&self, now_ms: i64) -> usize {
+        self.purge_broadcasts(now_ms);
         let mut purged = 0;
         for mut entry in self.devices.iter_mut() {
             let Some(mailbox) = entry.mailbox.as_mut() else { continue };
@@ -484,5 +534,7 @@ fn count_dropped(reason: &'static str, n: usize) {
     }
 }
 
+mod fanout;
+pub use fanout::Fanout;
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod apps;
+pub mod broadcast;
 pub mod cli;
 pub mod client;
 pub mod clock;

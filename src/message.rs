@@ -1,6 +1,7 @@
 //! A message accepted from the router, encoded once and shared by every device it goes to.
 //!
-//! The `Push` frame differs between devices only in `seq` and `redelivery`. Protobuf
+//! The `Push` frame differs between devices only in `seq` (or, for a broadcast,
+//! `broadcast_seq`, which is the same for every device) and `redelivery`. Protobuf
 //! merges fields that appear later in the same message, so the shared body is encoded
 //! once without them and each device's frame is that body with the two fields appended:
 //! one copy of the body per device, no re-encoding of titles and data.
@@ -16,6 +17,8 @@ use crate::proto::device::{Push, PushKind};
 const SERVER_FRAME_PUSH: u32 = 3;
 /// `Push.seq`.
 const PUSH_SEQ: u32 = 2;
+/// `Push.broadcast_seq`.
+const PUSH_BROADCAST_SEQ: u32 = 3;
 /// `Push.redelivery`.
 const PUSH_REDELIVERY: u32 = 12;
 
@@ -39,6 +42,7 @@ impl Message {
     /// Wraps `push`, whose `seq` and `redelivery` are ignored.
     pub fn new(mut push: Push) -> Self {
         push.seq = 0;
+        push.broadcast_seq = 0;
         push.redelivery = false;
         let expires_at_ms = (push.expires_at_ms > 0).then_some(push.expires_at_ms);
         let collapse = match (&push.badge, push.kind()) {
@@ -73,7 +77,17 @@ impl Message {
 
     /// The length-prefixed `ServerFrame` carrying this message as device message `seq`.
     pub fn frame(&self, seq: u64, redelivery: bool) -> Bytes {
-        let extra = encoding::uint64::encoded_len(PUSH_SEQ, &seq)
+        self.framed(PUSH_SEQ, seq, redelivery)
+    }
+
+    /// The length-prefixed `ServerFrame` carrying this message as the app's broadcast
+    /// `broadcast_seq`: the same bytes for every device that is not being redelivered it.
+    pub fn broadcast_frame(&self, broadcast_seq: u64, redelivery: bool) -> Bytes {
+        self.framed(PUSH_BROADCAST_SEQ, broadcast_seq, redelivery)
+    }
+
+    fn framed(&self, field: u32, seq: u64, redelivery: bool) -> Bytes {
+        let extra = encoding::uint64::encoded_len(field, &seq)
             + if redelivery { encoding::bool::encoded_len(PUSH_REDELIVERY, &true) } else { 0 };
         let push_len = self.body.len() + extra;
         let frame_len = encoding::key_len(SERVER_FRAME_PUSH)
@@ -84,7 +98,7 @@ impl Message {
         encoding::encode_key(SERVER_FRAME_PUSH, WireType::LengthDelimited, &mut buf);
         encoding::encode_varint(push_len as u64, &mut buf);
         buf.put_slice(&self.body);
-        encoding::uint64::encode(PUSH_SEQ, &seq, &mut buf);
+        encoding::uint64::encode(field, &seq, &mut buf);
         if redelivery {
             encoding::bool::encode(PUSH_REDELIVERY, &true, &mut buf);
         }
@@ -124,6 +138,10 @@ mod tests {
             assert_eq!(len, frame.len() - 4);
             let decoded = ServerFrame::decode(&frame[4..]).unwrap();
             let want = Push { seq, redelivery, ..push.clone() };
+            assert_eq!(decoded.frame, Some(server_frame::Frame::Push(want)));
+            let frame = msg.broadcast_frame(seq, redelivery);
+            let decoded = ServerFrame::decode(&frame[4..]).unwrap();
+            let want = Push { broadcast_seq: seq, redelivery, ..push.clone() };
             assert_eq!(decoded.frame, Some(server_frame::Frame::Push(want)));
         }
     }

@@ -63,6 +63,29 @@ impl Receipts {
     }
 
     pub fn emit(&self, event: Event, key: &DeviceKey, message_id: &str, seq: u64, reason: &str) {
+        self.publish(event, key, message_id, (seq, 0), reason);
+    }
+
+    /// An event about the app's broadcast `broadcast_seq` for one device.
+    pub fn emit_broadcast(
+        &self,
+        event: Event,
+        key: &DeviceKey,
+        message_id: &str,
+        broadcast_seq: u64,
+        reason: &str,
+    ) {
+        self.publish(event, key, message_id, (0, broadcast_seq), reason);
+    }
+
+    fn publish(
+        &self,
+        event: Event,
+        key: &DeviceKey,
+        message_id: &str,
+        (seq, broadcast_seq): (u64, u64),
+        reason: &str,
+    ) {
         if !self.wanted() {
             return;
         }
@@ -75,6 +98,7 @@ impl Receipts {
             reason: reason.to_string(),
             at_ms: crate::clock::unix_ms(),
             lost: 0,
+            broadcast_seq,
         }));
     }
 }

@@ -121,6 +121,7 @@ fn build_node(config: &Config, apps: Apps, store: Arc<Store>) -> Node {
         },
         send_window: d.send_window,
         pending_max: d.pending_max,
+        broadcast_max: config.delivery.broadcast_max,
     };
     let hub = Hub::new(limits, Arc::new(Heartbeats::default()), store);
     Node::new(hub, apps, Settings::from_config(config), d.max_handshakes)

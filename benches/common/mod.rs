@@ -26,7 +26,8 @@ pub fn push() -> Push {
 
 /// Limits as `server` builds them from the default configuration.
 pub fn limits() -> HubLimits {
-    let d = Config::default().device;
+    let config = Config::default();
+    let d = config.device;
     HubLimits {
         outbound: OutboundLimits {
             max_frames: d.outbound_max_frames,
@@ -34,5 +35,6 @@ pub fn limits() -> HubLimits {
         },
         send_window: d.send_window,
         pending_max: d.pending_max,
+        broadcast_max: config.delivery.broadcast_max,
     }
 }

@@ -82,7 +82,16 @@ pub fn push_response(r: &PushResponse) -> Value {
             v
         })
         .collect();
-    json!({ "message_id": r.message_id, "results": results })
+    let mut v = json!({ "message_id": r.message_id, "results": results });
+    if let Some(b) = &r.broadcast {
+        v["broadcast"] = json!({
+            "broadcast_seq": b.broadcast_seq,
+            "sent": b.sent,
+            "stored": b.stored,
+            "not_delivered": b.not_delivered,
+        });
+    }
+    v
 }
 
 pub fn presence(p: &DevicePresence) -> Value {
@@ -135,6 +144,9 @@ pub fn receipt(e: &ReceiptEvent) -> Value {
     v["message_id"] = json!(e.message_id);
     if e.seq > 0 {
         v["seq"] = json!(e.seq);
+    }
+    if e.broadcast_seq > 0 {
+        v["broadcast_seq"] = json!(e.broadcast_seq);
     }
     if !e.reason.is_empty() {
         v["reason"] = json!(e.reason);

@@ -6,8 +6,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::proto::device::{Badge, Notification, Platform, PushKind, badge};
+use crate::proto::router::push_request;
 use crate::proto::router::router_client::RouterClient;
-use crate::proto::router::{Devices, Message, PresenceRequest, PushRequest, User, push_request};
+use crate::proto::router::{Broadcast, Devices, Message, PresenceRequest, PushRequest, User};
 use crate::proto::router::{KickRequest, ReceiptsRequest};
 
 #[derive(Debug, clap::Args)]
@@ -27,11 +28,17 @@ pub struct PushArgs {
     #[arg(long)]
     app: String,
     /// Target devices (repeat, or separate with commas).
-    #[arg(long = "device", value_delimiter = ',', conflicts_with = "user")]
+    #[arg(long = "device", value_delimiter = ',', conflicts_with_all = ["user", "broadcast"])]
     devices: Vec<String>,
     /// Target every device bound to this user.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "broadcast")]
     user: Option<String>,
+    /// Target every device of the app: online ones now, the others as they reconnect.
+    #[arg(long)]
+    broadcast: bool,
+    /// With --broadcast: also for devices first seen after it (while its TTL lasts).
+    #[arg(long, requires = "broadcast")]
+    new_devices: bool,
     /// With --user: only devices of this platform (android, ios, harmony, web).
     #[arg(long, requires = "user")]
     platform: Option<String>,
@@ -119,6 +126,9 @@ async fn connect(
 
 pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let target = match (&args.user, args.devices.is_empty()) {
+        _ if args.broadcast => {
+            push_request::Target::Broadcast(Broadcast { new_devices: args.new_devices })
+        }
         (Some(user), _) => push_request::Target::User(User {
             user_id: user.clone(),
             platform: parse_platform(args.platform.as_deref())? as i32,
@@ -126,7 +136,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         (None, false) => {
             push_request::Target::Devices(Devices { device_ids: args.devices.clone() })
         }
-        (None, true) => anyhow::bail!("name a target: --device ID or --user UID"),
+        (None, true) => anyhow::bail!("name a target: --device ID, --user UID or --broadcast"),
     };
     let request = PushRequest {
         app_id: args.app.clone(),

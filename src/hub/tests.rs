@@ -18,6 +18,7 @@ fn hub_in(dir: tempfile::TempDir) -> Hub {
         // Wide open: this test is about ordering, the window has its own tests.
         send_window: 100_000,
         pending_max: 100_000,
+        broadcast_max: 1_000,
     };
     let store = crate::store::Store::open(dir.path(), crate::store::Fsync::Never).unwrap();
     // The directory must outlive the store's writer thread: keep it for the test's life.

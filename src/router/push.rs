@@ -10,7 +10,8 @@ use crate::hub::Outcome;
 use crate::message::{self, Message};
 use crate::node::Node;
 use crate::proto::device::{self as device, PushKind};
-use crate::proto::router::{DeviceResult, PushRequest, PushResponse, Result as Wire, push_request};
+use crate::proto::router::{BroadcastResult, DeviceResult, PushRequest, PushResponse};
+use crate::proto::router::{Result as Wire, push_request};
 use crate::requests::Answer;
 use crate::session::DeviceKey;
 
@@ -74,9 +75,25 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
             let keys = node.hub.user_devices(app, &user.user_id, user.platform());
             keys.into_iter().map(|key| to_one(node, key, &message)).collect()
         }
+        Some(push_request::Target::Broadcast(broadcast)) => {
+            let fanout = node.hub.broadcast(app, message.clone(), broadcast.new_devices);
+            metrics::counter!("longlink_pushes_total", "result" => "broadcast").increment(1);
+            let broadcast = BroadcastResult {
+                broadcast_seq: fanout.seq,
+                sent: fanout.sent,
+                stored: fanout.stored,
+                not_delivered: fanout.not_delivered,
+            };
+            let id = message.id.clone();
+            return Ok(PushResponse {
+                message_id: id,
+                results: vec![],
+                broadcast: Some(broadcast),
+            });
+        }
         None => return Err(Status::invalid_argument("bad_target: no target")),
     };
-    Ok(PushResponse { message_id: message.id.clone(), results })
+    Ok(PushResponse { message_id: message.id.clone(), results, broadcast: None })
 }
 
 fn to_devices(

@@ -1,14 +1,17 @@
 //! Reading the whole store back at start: every device with its kept messages in seq
-//! order, and the idempotency keys still in their retention window.
+//! order, every app's broadcasts in seq order, and the idempotency keys still in their
+//! retention window.
 //!
 //! Corrupt records are counted, logged with their key, and skipped: never served.
 //! Expired messages and requests are skipped and deleted.
 
 use std::collections::BTreeMap;
 
-use super::record::{self, parse_message_key, parse_pair_key};
+use super::record::{self, parse_broadcast_key, parse_message_key, parse_pair_key};
 use super::{Space, Store, StoreError};
-use crate::proto::store::{StoredDevice, StoredMessage, StoredRequest};
+use crate::proto::store::{
+    StoredBroadcast, StoredBroadcastSeq, StoredDevice, StoredMessage, StoredRequest,
+};
 
 #[derive(Debug, Default)]
 pub struct LoadedDevice {
@@ -23,6 +26,10 @@ pub struct Loaded {
     pub devices: BTreeMap<(String, String), LoadedDevice>,
     /// (app, request id) and the first answer.
     pub requests: Vec<(String, String, StoredRequest)>,
+    /// (app, broadcast seq) and the broadcast, in seq order per app.
+    pub broadcasts: Vec<(String, u64, StoredBroadcast)>,
+    /// (app, highest broadcast seq given out).
+    pub broadcast_seqs: Vec<(String, u64)>,
     pub corrupt: usize,
     pub expired: usize,
 }
@@ -33,6 +40,7 @@ impl Store {
         self.load_devices(&mut loaded)?;
         self.load_messages(&mut loaded, now_ms)?;
         self.load_requests(&mut loaded, now_ms)?;
+        self.load_broadcasts(&mut loaded, now_ms)?;
         if loaded.corrupt > 0 {
             metrics::counter!("longlink_store_corrupt_records_total")
                 .increment(loaded.corrupt as u64);
@@ -94,6 +102,30 @@ impl Store {
                 Ok(r) if r.expires_at_ms <= now_ms => self.delete(Space::Requests, key.to_vec()),
                 Ok(r) => loaded.requests.push((app.into(), id.into(), r)),
                 Err(e) => loaded.corrupt += corrupt("requests", &key, &e.to_string()),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    fn load_broadcasts(&self, loaded: &mut Loaded, now_ms: i64) -> Result<(), StoreError> {
+        for item in self.spaces.broadcasts.iter() {
+            let (key, value) = item.into_inner()?;
+            match parse_broadcast_key(&key) {
+                None => loaded.corrupt += corrupt("broadcasts", &key, "unreadable key"),
+                Some((app, None)) => match record::decode::<StoredBroadcastSeq>(&value) {
+                    Ok(r) => loaded.broadcast_seqs.push((app.into(), r.last_seq)),
+                    Err(e) => loaded.corrupt += corrupt("broadcasts", &key, &e.to_string()),
+                },
+                Some((app, Some(seq))) => match record::decode::<StoredBroadcast>(&value) {
+                    Ok(b) if b.expires_at_ms > 0 && b.expires_at_ms <= now_ms => {
+                        loaded.expired += 1;
+                        self.delete(Space::Broadcasts, key.to_vec());
+                    }
+                    Ok(b) => loaded.broadcasts.push((app.into(), seq, b)),
+                    Err(e) => loaded.corrupt += corrupt("broadcasts", &key, &e.to_string()),
+                },
             }
         }
         Ok(())

@@ -1,5 +1,5 @@
-//! The durable store: messages kept per device, the device registry and idempotency
-//! keys, in an embedded LSM store (fjall) under `<data_dir>/store`.
+//! The durable store: messages kept per device, the device registry, the broadcast log
+//! and idempotency keys, in an embedded LSM store (fjall) under `<data_dir>/store`.
 //!
 //! All writes go through one writer thread, in the order they were enqueued, and are
 //! group-committed: the thread takes every operation waiting, writes them as one atomic
@@ -78,6 +78,7 @@ pub enum Space {
     Messages,
     Devices,
     Requests,
+    Broadcasts,
 }
 
 #[derive(Clone)]
@@ -85,6 +86,7 @@ struct Spaces {
     messages: Keyspace,
     devices: Keyspace,
     requests: Keyspace,
+    broadcasts: Keyspace,
 }
 
 impl Spaces {
@@ -93,6 +95,7 @@ impl Spaces {
             Space::Messages => &self.messages,
             Space::Devices => &self.devices,
             Space::Requests => &self.requests,
+            Space::Broadcasts => &self.broadcasts,
         }
     }
 }
@@ -127,13 +130,17 @@ impl Store {
                 fjall::Error::Locked => StoreError::Locked(dir.display().to_string()),
                 other => StoreError::Engine(other),
             })?;
-        // Each keyspace has its own memtable; split the budget between the three.
+        // Each keyspace has its own memtable; split the budget between the three busy
+        // ones (broadcasts are few).
         let per = (memory.write_buffer_bytes / 3).max(1 << 20);
         let options = || KeyspaceCreateOptions::default().max_memtable_size(per);
         let spaces = Spaces {
             messages: db.keyspace("messages", options)?,
             devices: db.keyspace("devices", options)?,
             requests: db.keyspace("requests", options)?,
+            broadcasts: db.keyspace("broadcasts", || {
+                KeyspaceCreateOptions::default().max_memtable_size(1 << 20)
+            })?,
         };
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));

@@ -73,6 +73,31 @@ pub fn parse_message_key(key: &[u8]) -> Option<(&str, &str, u64)> {
     Some((app, device, u64::from_be_bytes(seq.try_into().ok()?)))
 }
 
+/// `app \0 seq` with the seq big-endian: one broadcast of the app.
+pub fn broadcast_key(app: &str, seq: u64) -> Vec<u8> {
+    let mut key = broadcast_seq_key(app);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `app \0`: the highest broadcast seq the app has given out.
+pub fn broadcast_seq_key(app: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(app.len() + 9);
+    key.extend_from_slice(app.as_bytes());
+    key.push(0);
+    key
+}
+
+/// Splits a broadcast key into the app and the seq (`None` for the app's seq record).
+pub fn parse_broadcast_key(key: &[u8]) -> Option<(&str, Option<u64>)> {
+    let at = key.iter().position(|b| *b == 0)?;
+    let app = std::str::from_utf8(&key[..at]).ok()?;
+    match &key[at + 1..] {
+        [] => Some((app, None)),
+        seq => Some((app, Some(u64::from_be_bytes(seq.try_into().ok()?)))),
+    }
+}
+
 /// Splits a registry or request key (`a \0 b \0`) into its two parts.
 pub fn parse_pair_key(key: &[u8]) -> Option<(&str, &str)> {
     let mut parts = key.strip_suffix(&[0])?.splitn(2, |b| *b == 0);
@@ -109,5 +134,9 @@ mod tests {
         assert!(!message_key("app", "dev2", 1).starts_with(&device_key("app", "dev")));
         assert_eq!(parse_message_key(&b), Some(("app", "dev", 10)));
         assert_eq!(parse_pair_key(&device_key("app", "dev")), Some(("app", "dev")));
+        assert!(broadcast_key("app", 2) < broadcast_key("app", 10));
+        assert_eq!(parse_broadcast_key(&broadcast_key("app", 10)), Some(("app", Some(10))));
+        assert_eq!(parse_broadcast_key(&broadcast_seq_key("app")), Some(("app", None)));
+        assert_eq!(parse_broadcast_key(b"app\0abc"), None);
     }
 }

@@ -1,0 +1,223 @@
+//! Broadcasts in the hub: adding one to the app's log, the fan-out to live devices, each
+//! device's catch-up from its cursor, and broadcast acks.
+//!
+//! Fan-out and catch-up are one path: a device is handed the app's broadcasts after its
+//! cursor, in seq order, under its registry entry. The fan-out of broadcast N writes N
+//! straight away to a device that has had everything before it and runs the catch-up
+//! for one that has not, so a reconnecting device never sees N before N - 1. Writing
+//! queues on the link and never waits for its socket; an overflowing link is closed as a
+//! slow consumer and catches up when it comes back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Cursor, Device, Hub};
+use crate::broadcast::Entry;
+use crate::link::{Link, Sent};
+use crate::message::Message;
+use crate::proto::router::Event;
+use crate::proto::store::{StoredBroadcast, StoredBroadcastSeq};
+use crate::session::DeviceKey;
+use crate::store::record::{self, broadcast_key, broadcast_seq_key};
+use crate::store::{Loaded, Space};
+
+/// Log entries read at a time during a catch-up.
+const BATCH: usize = 64;
+
+/// What one broadcast did, in devices.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    pub seq: u64,
+    /// Written to a live connection.
+    pub sent: u64,
+    /// Offline, or behind on earlier broadcasts: gets it on catching up.
+    pub stored: u64,
+    /// Offline, and the broadcast was for now or never.
+    pub not_delivered: u64,
+}
+
+impl Hub {
+    /// Adds `message` to the app's broadcasts, stores it (unless its TTL is 0), and
+    /// hands it to every live device of the app. The store write is enqueued, not awaited.
+    pub fn broadcast(&self, app: &Arc<str>, message: Arc<Message>, new_devices: bool) -> Fanout {
+        let started = Instant::now();
+        let cap = self.limits.broadcast_max;
+        let (entry, dropped) = self.broadcasts.append(app, message, new_devices, cap);
+        for old in &dropped {
+            self.store.delete(Space::Broadcasts, broadcast_key(app, old.seq));
+        }
+        let ephemeral = entry.message.ephemeral;
+        if !ephemeral {
+            self.persist_broadcast(app, &entry);
+        }
+        let mut fanout = Fanout { seq: entry.seq, ..Fanout::default() };
+        for mut item in self.devices.iter_mut() {
+            let (key, device) = item.pair_mut();
+            if *key.app != **app || !entry.is_for(device.cursor.floor) {
+                continue;
+            }
+            if let Some(link) = device.live.clone().filter(|l| !l.is_closing()) {
+                self.pump_broadcasts(key, device, &link, Some(&entry));
+            }
+            if device.cursor.scanned >= entry.seq {
+                fanout.sent += 1;
+            } else if ephemeral {
+                fanout.not_delivered += 1;
+            } else {
+                fanout.stored += 1;
+            }
+        }
+        if ephemeral {
+            self.broadcasts.remove(app, entry.seq);
+        }
+        metrics::histogram!("longlink_broadcast_fanout_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("longlink_broadcasts_total").increment(1);
+        fanout
+    }
+
+    /// A new link takes over: the device resumes after the broadcasts it acked or
+    /// reports having processed, and what earlier links were handed counts as handed.
+    pub(super) fn resume_broadcasts(&self, key: &DeviceKey, device: &mut Device, reported: u64) {
+        if reported > self.broadcasts.last_seq(&key.app) {
+            // This node gave out fewer than the device has seen (it lost its store):
+            // continue above what the device has, as for per-device seqs.
+            self.broadcasts.raise(&key.app, reported);
+            self.persist_broadcast_seq(&key.app, reported);
+        }
+        let c = &mut device.cursor;
+        c.handed = c.handed.max(c.written);
+        c.acked = c.acked.max(reported);
+        c.scanned = c.acked;
+        c.written = c.acked;
+    }
+
+    /// Hands the link the device's broadcasts after its cursor, while fewer than the
+    /// send window are in flight. `live` is the broadcast being fanned out: a device that
+    /// has had everything before it gets it without a read of the log, and TTL-0
+    /// broadcasts go out only this way (now or never).
+    pub(super) fn pump_broadcasts(
+        &self,
+        key: &DeviceKey,
+        device: &mut Device,
+        link: &Link,
+        live: Option<&Entry>,
+    ) {
+        let window = self.limits.send_window as u64;
+        let c = &mut device.cursor;
+        if let Some(entry) = live
+            && c.scanned >= entry.prev
+            && c.scanned < entry.seq
+            && c.written.saturating_sub(c.acked) < window
+        {
+            self.write_broadcast(key, c, link, entry);
+            return;
+        }
+        let now = crate::clock::unix_ms();
+        loop {
+            let batch = self.broadcasts.after(&key.app, c.scanned, BATCH);
+            if batch.is_empty() {
+                return;
+            }
+            for entry in &batch {
+                if c.written.saturating_sub(c.acked) >= window {
+                    return;
+                }
+                let expired = entry.message.expires_at_ms.is_some_and(|t| t <= now);
+                let too_late = entry.message.ephemeral && live.is_none_or(|l| l.seq != entry.seq);
+                if expired || too_late || !entry.is_for(c.floor) {
+                    c.scanned = entry.seq;
+                    continue;
+                }
+                if !self.write_broadcast(key, c, link, entry) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Records the device's cumulative broadcast ack (clamped to the app's last seq).
+    pub(super) fn ack_broadcasts(&self, key: &DeviceKey, device: &mut Device, upto: u64) {
+        let upto = upto.min(self.broadcasts.last_seq(&key.app));
+        let c = &mut device.cursor;
+        if upto <= c.acked {
+            return;
+        }
+        if self.receipts.wanted() {
+            for entry in self.broadcasts.between(&key.app, c.acked, upto.min(c.written)) {
+                if entry.is_for(c.floor) {
+                    let id = &entry.message.id;
+                    self.receipts.emit_broadcast(Event::Acked, key, id, entry.seq, "");
+                }
+            }
+        }
+        c.acked = upto;
+        c.scanned = c.scanned.max(upto);
+    }
+
+    /// Takes expired broadcasts out of the log and the store.
+    pub(super) fn purge_broadcasts(&self, now_ms: i64) {
+        for (app, entry) in self.broadcasts.purge(now_ms) {
+            tracing::debug!(app = %app, seq = entry.seq, "broadcast expired");
+            self.store.delete(Space::Broadcasts, broadcast_key(&app, entry.seq));
+        }
+    }
+
+    /// Rebuilds every app's broadcast log from what the store kept.
+    pub(super) fn restore_broadcasts(&self, loaded: &mut Loaded) {
+        let mut kept = 0;
+        for (app, seq, stored) in std::mem::take(&mut loaded.broadcasts) {
+            match Message::from_body(&stored.body) {
+                Ok(message) => {
+                    self.broadcasts.restore(&app, seq, Arc::new(message), stored.new_devices);
+                    kept += 1;
+                }
+                Err(error) => {
+                    loaded.corrupt += 1;
+                    tracing::warn!(app, seq, %error, "corrupt broadcast body skipped");
+                }
+            }
+        }
+        for (app, last_seq) in std::mem::take(&mut loaded.broadcast_seqs) {
+            self.broadcasts.raise(&app, last_seq);
+        }
+        if kept > 0 {
+            tracing::info!(broadcasts = kept, "broadcasts restored");
+        }
+    }
+
+    /// Queues one broadcast on the link; false when the link would not take it.
+    fn write_broadcast(&self, key: &DeviceKey, c: &mut Cursor, link: &Link, entry: &Entry) -> bool {
+        let redelivery = entry.seq <= c.handed;
+        let frame = if redelivery {
+            entry.message.broadcast_frame(entry.seq, true)
+        } else {
+            entry.frame.clone()
+        };
+        if self.write(link, frame) != Sent::Queued {
+            return false;
+        }
+        c.scanned = entry.seq;
+        c.written = entry.seq;
+        let reason = if redelivery { "redelivery" } else { "" };
+        self.receipts.emit_broadcast(Event::Sent, key, &entry.message.id, entry.seq, reason);
+        true
+    }
+
+    fn persist_broadcast(&self, app: &str, entry: &Entry) {
+        let stored = StoredBroadcast {
+            body: entry.message.body().to_vec(),
+            expires_at_ms: entry.message.expires_at_ms.unwrap_or(0),
+            new_devices: entry.new_devices,
+        };
+        self.store.put(Space::Broadcasts, broadcast_key(app, entry.seq), record::encode(&stored));
+        // The log's last seq rather than this entry's: a concurrent broadcast may have
+        // enqueued its record first, and the one written last must hold the highest.
+        self.persist_broadcast_seq(app, self.broadcasts.last_seq(app));
+    }
+
+    fn persist_broadcast_seq(&self, app: &str, last_seq: u64) {
+        let value = record::encode(&StoredBroadcastSeq { last_seq });
+        self.store.put(Space::Broadcasts, broadcast_seq_key(app), value);
+    }
+}
