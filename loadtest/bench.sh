@@ -8,7 +8,7 @@
 # a clean heap):
 #   idle       N connections held: memory per connection, connect rate, handshake latency
 #              (longlink plain, longlink TLS, Mosquitto)
-#   broadcast  one message to all N (longlink: batched pushes of 1,000 ids; MQTT: one
+#   broadcast  one message to all N (longlink: one broadcast push; MQTT: one
 #              PUBLISH to a topic every device subscribes to)
 #   push       PUSH_RATE pushes/s for PUSH_SECS with N connected (longlink unary and
 #              --stream; Mosquitto: one topic per device)

@@ -139,6 +139,14 @@ pub struct PushArgs {
 pub struct BroadcastArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Send batched device pushes of up to 1,000 instead of one broadcast push (to
+    /// compare the two, or for a server without broadcasts).
+    #[arg(long)]
+    pub batched: bool,
+    /// Seconds to wait after the ramp before broadcasting, so that what the ramp set off
+    /// on the server (registry writes, the last handshakes) is not measured with it.
+    #[arg(long, default_value_t = 2)]
+    pub settle_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,6 +1,7 @@
 //! The router side of the push and broadcast scenarios: a gRPC client of the router API
 //! that sends pushes at a fixed rate (unary `Push` or `PushStream`) or one message to
-//! every device in batches, and tallies what the server said about each delivery.
+//! every device (one broadcast push, or device pushes in batches), and tallies what the
+//! server said about each delivery.
 //!
 //! Every message is silent, with a TTL of 0 (now or never, so nothing waits offline),
 //! and its data is the send time in Unix microseconds, big-endian, which the device
@@ -14,7 +15,7 @@ use std::time::Duration;
 use longlink::proto::device::PushKind;
 use longlink::proto::router::router_client::RouterClient;
 use longlink::proto::router::{
-    Devices, Message, PushRequest, PushResponse, Result as Wire, push_request,
+    Broadcast, Devices, Message, PushRequest, PushResponse, Result as Wire, push_request,
 };
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
@@ -218,9 +219,27 @@ pub async fn stream(client: &Client, drive: &Drive) -> anyhow::Result<(Tally, Du
     Ok((tally, elapsed))
 }
 
+/// Sends one broadcast push to every device of the app; the tally counts the devices
+/// the server wrote it to as sent.
+pub async fn broadcast(client: &Client, app: &str) -> anyhow::Result<Tally> {
+    let req = PushRequest {
+        target: Some(push_request::Target::Broadcast(Broadcast { new_devices: false })),
+        ..request(app, Vec::new(), unix_us())
+    };
+    let response = client.clone().push(req).await?.into_inner();
+    let counts = response.broadcast.ok_or_else(|| anyhow::anyhow!("no broadcast counts"))?;
+    let mut tally = Tally { requests: 1, sent: counts.sent, ..Tally::default() };
+    for (name, n) in [("STORED", counts.stored), ("NOT_DELIVERED", counts.not_delivered)] {
+        if n > 0 {
+            tally.not_sent.insert(format!("{name}:broadcast"), n);
+        }
+    }
+    Ok(tally)
+}
+
 /// Sends one message to devices `0..n` in batches of [`BATCH`], all at once; returns the
 /// tally, the send time stamped in every message, and how long until the last response.
-pub async fn broadcast(client: &Client, app: &str, n: u64) -> (Tally, u64, Duration) {
+pub async fn batched(client: &Client, app: &str, n: u64) -> (Tally, u64, Duration) {
     let ids: Vec<String> = (0..n).map(device_id).collect();
     let sent_at = unix_us();
     let start = Instant::now();

@@ -52,7 +52,10 @@ pub async fn run(command: Command) -> anyhow::Result<bool> {
             };
             push(&mut fleet, common, drive, a.stream, &mut outcome).await?
         }
-        Command::Broadcast(_) => fan_out(&mut fleet, common, deadline, &mut outcome).await?,
+        Command::Broadcast(a) => {
+            tokio::time::sleep(Duration::from_secs(a.settle_secs)).await;
+            fan_out(&mut fleet, common, a.batched, deadline, &mut outcome).await?
+        }
         Command::Storm(a) => storm(&mut fleet, a.mode, deadline, &mut outcome).await,
         Command::Worker => {}
     }
@@ -166,6 +169,7 @@ async fn drive_pushes(
 async fn fan_out(
     fleet: &mut Fleet,
     common: &Common,
+    batched: bool,
     deadline: Instant,
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
@@ -174,7 +178,11 @@ async fn fan_out(
     let tally = match common.protocol {
         Protocol::Longlink => {
             let client = router::connect(common.api, common.router_key.as_deref()).await?;
-            router::broadcast(&client, &common.app, common.n).await.0
+            if batched {
+                router::batched(&client, &common.app, common.n).await.0
+            } else {
+                router::broadcast(&client, &common.app).await?
+            }
         }
         Protocol::Mqtt => {
             let addr = crate::setup::device_addr(&common.clone());

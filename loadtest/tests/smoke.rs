@@ -136,13 +136,19 @@ async fn push_unary_and_stream_deliver_everything_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_reaches_every_device() {
+async fn broadcast_reaches_every_device_as_one_broadcast_and_as_batches() {
     let dir = tempfile::tempdir().unwrap();
     let running = server(dir.path()).await;
-    let args = longlink_args(&running, dir.path(), "broadcast", false);
-    let result = run(dir.path(), &str_args(&args)).await;
-    assert_connected(&result, N);
-    assert_delivered(&result, N);
+    for batched in [false, true] {
+        let mut args = longlink_args(&running, dir.path(), "broadcast", false);
+        args.extend(["--settle-secs".to_string(), "0".to_string()]);
+        if batched {
+            args.push("--batched".into());
+        }
+        let result = run(dir.path(), &str_args(&args)).await;
+        assert_connected(&result, N);
+        assert_delivered(&result, N);
+    }
     running.drain();
 }
 
