@@ -7,6 +7,8 @@
 //! `ephemeral` is a TTL-0 message (no store write: the delivery path alone); `durable`
 //! is a message with a TTL, for which every push also encodes a store record and
 //! enqueues it for the store's writer thread (the enqueue is timed, the commit is not).
+//! `broadcast` is one `hub.broadcast` of a message with a TTL: one store record for the
+//! app, one shared frame, and a walk over the registry's shards.
 //!
 //! Between iterations, outside the timing, every device acks and reconnects on a fresh
 //! link and the store's writer is waited for, so each iteration starts from idle devices
@@ -67,7 +69,7 @@ impl Fleet {
     /// Acks everything and gives every device a fresh, empty link.
     fn reconnect_all(&mut self) {
         for key in &self.keys {
-            self.hub.ack(key, u64::MAX, &[], 0);
+            self.hub.ack(key, u64::MAX, &[], u64::MAX);
             self.next_session += 1;
             let id = self.next_session;
             let profile = Profile {
@@ -92,8 +94,12 @@ impl Fleet {
         self.runtime.block_on(self.hub.store().sync()).expect("store writes");
     }
 
-    /// Pushes `message` to every device; returns how many had it queued.
-    fn fan_out(&self, message: &Arc<Message>) -> usize {
+    /// Pushes `message` to every device (or broadcasts it); returns how many had it queued.
+    fn fan_out(&self, message: &Arc<Message>, broadcast: bool) -> usize {
+        if broadcast {
+            let app = self.keys[0].app.clone();
+            return self.hub.broadcast(&app, message.clone(), false).sent as usize;
+        }
         let mut sent = 0;
         for key in &self.keys {
             if let Outcome::Sent { .. } = self.hub.push(key, message) {
@@ -125,25 +131,31 @@ fn fanout(c: &mut Criterion) {
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(15));
     group.throughput(Throughput::Elements(DEVICES as u64));
-    for (name, message) in [("ephemeral", &ephemeral), ("durable", &durable)] {
+    let kinds = [("ephemeral", &ephemeral, false), ("durable", &durable, false)];
+    for (name, message, broadcast) in kinds.into_iter().chain([("broadcast", &durable, true)]) {
         group.bench_function(name, |b| {
-            b.iter_custom(|iters| timed_fan_outs(&mut fleet, message, iters))
+            b.iter_custom(|iters| timed_fan_outs(&mut fleet, message, broadcast, iters))
         });
     }
     group.finish();
     splits(c, &fleet, &ephemeral);
 }
 
-fn timed_fan_outs(fleet: &mut Fleet, message: &Arc<Message>, iters: u64) -> Duration {
+fn timed_fan_outs(
+    fleet: &mut Fleet,
+    message: &Arc<Message>,
+    broadcast: bool,
+    iters: u64,
+) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         fleet.reconnect_all();
         let start = Instant::now();
-        let sent = fleet.fan_out(message);
+        let sent = fleet.fan_out(message, broadcast);
         total += start.elapsed();
         assert_eq!(sent, DEVICES);
         fleet.check_queued();
-        if !message.ephemeral {
+        if !message.ephemeral && !broadcast {
             let commit = Instant::now();
             fleet.settle();
             println!("  store writer finished the fan-out's records {:?} later", commit.elapsed());
