@@ -311,6 +311,22 @@ impl Hub {
         Outcome::Sent { seq: added.seq }
     }
 
+    /// What [`Hub::push`] would do with `message` for this device now, changing nothing;
+    /// with "pending_cap" when keeping it would drop the device's oldest message.
+    pub fn preview(&self, key: &DeviceKey, message: &Message) -> (Outcome, &'static str) {
+        let Some(device) = self.devices.get(key) else { return (Outcome::UnknownDevice, "") };
+        let live = device.live.as_ref().is_some_and(|l| !l.is_closing());
+        if !live && message.ephemeral {
+            return (Outcome::NotDelivered { reason: "offline" }, "");
+        }
+        let (seq, kept) = match device.mailbox.as_deref() {
+            Some(m) => (m.last_seq() + 1, m.len() - m.collapsible(message)),
+            None => (1, 0),
+        };
+        let note = if kept >= self.limits.pending_max { "pending_cap" } else { "" };
+        if live { (Outcome::Sent { seq }, note) } else { (Outcome::Stored { seq }, note) }
+    }
+
     /// Releases acked messages and broadcasts and lets a replay continue. Returns how
     /// many messages (not broadcasts) it released.
     pub fn ack(&self, key: &DeviceKey, upto: u64, ids: &[String], broadcast_cursor: u64) -> usize {

@@ -213,6 +213,12 @@ impl Mailbox {
         self.missed
     }
 
+    /// How many pending messages `message` would replace by its collapse key.
+    pub fn collapsible(&self, message: &Message) -> usize {
+        let Some(key) = &message.collapse else { return 0 };
+        self.pending.iter().filter(|p| p.message.collapse.as_ref() == Some(key)).count()
+    }
+
     pub fn len(&self) -> usize {
         self.pending.len()
     }

@@ -33,6 +33,7 @@ async fn stalled_readers_are_closed_as_slow_consumers_and_memory_stays_bounded()
     let request = PushRequest {
         app_id: APP.into(),
         request_id: String::new(),
+        dry_run: false,
         target: Some(push_request::Target::Devices(Devices { device_ids: ids.clone() })),
         message: Some(Message {
             kind: PushKind::Silent as i32,
@@ -104,6 +105,7 @@ fn request_with_ttl(ids: &[String]) -> PushRequest {
     PushRequest {
         app_id: APP.into(),
         request_id: String::new(),
+        dry_run: false,
         target: Some(push_request::Target::Devices(Devices { device_ids: ids.to_vec() })),
         message: Some(Message {
             kind: PushKind::Silent as i32,

@@ -125,6 +125,7 @@ fn request(app: &str, ids: Vec<String>, sent_at_us: u64) -> PushRequest {
         request_id: String::new(),
         target: Some(push_request::Target::Devices(Devices { device_ids: ids })),
         message: Some(message(sent_at_us)),
+        dry_run: false,
     }
 }
 

@@ -65,6 +65,9 @@ pub struct PushArgs {
     /// Idempotency key for retries.
     #[arg(long, default_value = "")]
     request_id: String,
+    /// Say what would happen for each device, delivering and changing nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +146,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         request_id: args.request_id.clone(),
         target: Some(target),
         message: Some(message(&args)),
+        dry_run: args.dry_run,
     };
     let mut client = connect(&args.api).await?;
     let response = client.push(request).await?.into_inner();

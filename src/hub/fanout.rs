@@ -76,6 +76,25 @@ impl Hub {
         fanout
     }
 
+    /// The counts [`Hub::broadcast`] would answer now, changing nothing.
+    pub fn preview_broadcast(&self, app: &str, message: &Message) -> Fanout {
+        // A new broadcast's seq is above every device's floor: all known devices count.
+        let mut fanout = Fanout { seq: self.broadcasts.last_seq(app) + 1, ..Fanout::default() };
+        for item in self.devices.iter() {
+            if *item.key().app != *app {
+                continue;
+            }
+            if item.live.as_ref().is_some_and(|l| !l.is_closing()) {
+                fanout.sent += 1;
+            } else if message.ephemeral {
+                fanout.not_delivered += 1;
+            } else {
+                fanout.stored += 1;
+            }
+        }
+        fanout
+    }
+
     /// A new link takes over: the device resumes after the broadcasts it acked or
     /// reports having processed, and what earlier links were handed counts as handed.
     pub(super) fn resume_broadcasts(&self, key: &DeviceKey, device: &mut Device, reported: u64) {

@@ -1,6 +1,7 @@
 //! `Push`: checks a request whole, hands the message to each target device, and answers
 //! once everything it stored is durable. A request id seen before returns the first
-//! answer and delivers nothing.
+//! answer and delivers nothing. A dry run goes through the same checks and answers what
+//! would happen, changing nothing.
 
 use std::sync::Arc;
 
@@ -33,7 +34,11 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
         metrics::counter!("longlink_pushes_total", "result" => "idempotent_replay").increment(1);
         return Ok(first.response.clone());
     }
+    let dry_run = request.dry_run;
     let response = deliver(node, &app, request)?;
+    if dry_run {
+        return Ok(response);
+    }
     let retention = node.settings.max_ttl_secs as i64 * 1000;
     let answer = Answer { expires_at_ms: crate::clock::unix_ms() + retention, response };
     node.requests.remember(&mut slot, node.hub.store(), &app, &id, answer.clone());
@@ -58,6 +63,10 @@ pub async fn durable(node: &Node, response: PushResponse) -> Result<PushResponse
 /// Checks the request and hands the message to every target; does not wait for the store.
 fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResponse, Status> {
     let message = Arc::new(build(node, &request)?);
+    let dry = request.dry_run;
+    if dry {
+        metrics::counter!("longlink_dry_runs_total").increment(1);
+    }
     let results = match request.target {
         Some(push_request::Target::Devices(devices)) => {
             if devices.device_ids.is_empty() || devices.device_ids.len() > MAX_DEVICES {
@@ -66,18 +75,22 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
                     devices.device_ids.len()
                 )));
             }
-            to_devices(node, app, devices.device_ids, &message)
+            to_devices(node, app, devices.device_ids, &message, dry)
         }
         Some(push_request::Target::User(user)) => {
             if user.user_id.is_empty() {
                 return Err(Status::invalid_argument("bad_target: user_id is empty"));
             }
             let keys = node.hub.user_devices(app, &user.user_id, user.platform());
-            keys.into_iter().map(|key| to_one(node, key, &message)).collect()
+            keys.into_iter().map(|key| to_one(node, key, &message, dry)).collect()
         }
         Some(push_request::Target::Broadcast(broadcast)) => {
-            let fanout = node.hub.broadcast(app, message.clone(), broadcast.new_devices);
-            metrics::counter!("longlink_pushes_total", "result" => "broadcast").increment(1);
+            let fanout = if dry {
+                node.hub.preview_broadcast(app, &message)
+            } else {
+                metrics::counter!("longlink_pushes_total", "result" => "broadcast").increment(1);
+                node.hub.broadcast(app, message.clone(), broadcast.new_devices)
+            };
             let broadcast = BroadcastResult {
                 broadcast_seq: fanout.seq,
                 sent: fanout.sent,
@@ -101,6 +114,7 @@ fn to_devices(
     app: &Arc<str>,
     ids: Vec<String>,
     message: &Arc<Message>,
+    dry: bool,
 ) -> Vec<DeviceResult> {
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     ids.into_iter()
@@ -111,17 +125,22 @@ fn to_devices(
             if !seen.insert(id.clone()) {
                 return rejected(id, "duplicate_device_id");
             }
-            to_one(node, DeviceKey { app: app.clone(), device: id.into() }, message)
+            to_one(node, DeviceKey { app: app.clone(), device: id.into() }, message, dry)
         })
         .collect()
 }
 
-fn to_one(node: &Node, key: DeviceKey, message: &Arc<Message>) -> DeviceResult {
-    let outcome = node.hub.push(&key, message);
-    metrics::counter!("longlink_pushes_total", "result" => outcome.label()).increment(1);
+fn to_one(node: &Node, key: DeviceKey, message: &Arc<Message>, dry: bool) -> DeviceResult {
+    let (outcome, note) = if dry {
+        node.hub.preview(&key, message)
+    } else {
+        let outcome = node.hub.push(&key, message);
+        metrics::counter!("longlink_pushes_total", "result" => outcome.label()).increment(1);
+        (outcome, "")
+    };
     let (result, seq, reason) = match outcome {
-        Outcome::Sent { seq } => (Wire::Sent, seq, ""),
-        Outcome::Stored { seq } => (Wire::Stored, seq, ""),
+        Outcome::Sent { seq } => (Wire::Sent, seq, note),
+        Outcome::Stored { seq } => (Wire::Stored, seq, note),
         Outcome::NotDelivered { reason } => (Wire::NotDelivered, 0, reason),
         Outcome::UnknownDevice => (Wire::UnknownDevice, 0, "unknown_device"),
     };

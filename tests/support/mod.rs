@@ -160,6 +160,7 @@ pub fn notification(devices: &[&str], title: &str) -> PushRequest {
             }),
             ..Default::default()
         }),
+        dry_run: false,
     }
 }
 
