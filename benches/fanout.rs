@@ -112,7 +112,7 @@ impl Fleet {
     /// Checks a sample of links: each holds exactly the one frame of the last fan-out.
     fn check_queued(&self) {
         for key in self.keys.iter().step_by(DEVICES / 100) {
-            let link = self.hub.sessions.link(key).expect("connected");
+            let link = self.hub.link(key).expect("connected");
             assert_eq!(link.queued().0, 1, "{key:?}");
         }
     }
@@ -182,9 +182,9 @@ fn splits(c: &mut Criterion, fleet: &Fleet, message: &Arc<Message>) {
         })
     });
     group.bench_function("session_lookup", |b| {
-        b.iter(|| fleet.keys.iter().filter_map(|k| fleet.hub.sessions.link(k)).count())
+        b.iter(|| fleet.keys.iter().filter_map(|k| fleet.hub.link(k)).count())
     });
-    group.bench_function("walk_session_shards", |b| b.iter(|| fleet.hub.sessions.links().len()));
+    group.bench_function("walk_session_shards", |b| b.iter(|| fleet.hub.links().len()));
     group.bench_function("frame_copies", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;

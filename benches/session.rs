@@ -1,12 +1,16 @@
-//! Session-table operations: insert, lookup, takeover and removal, alone and while a
-//! second thread hammers the same keys.
+//! Session operations on the hub's registry, which holds each device's live session:
+//! insert (`Hub::connect` of a new device), lookup (`Hub::link`), takeover (`connect`
+//! over a live session) and removal (`Hub::disconnect`), alone and while a second thread
+//! hammers the same keys.
 //!
 //! The Prometheus recorder is installed first, as `longlink serve` does, because every
-//! insert of a new key and every removal updates the per-app `longlink_sessions` gauge;
-//! `LONGLINK_BENCH_NO_METRICS=1` leaves it out to show what the gauge costs.
+//! new session and every removal updates the per-app `longlink_sessions` gauge;
+//! `LONGLINK_BENCH_NO_METRICS=1` leaves it out to show what the gauge costs. The hub's
+//! store (in a temporary directory, fsync `never`) gets the registry records a new device
+//! and a disconnect write: enqueuing them is part of what is timed, as in the server.
 //!
 //! The contended group runs the same operations on a set of 1,024 keys that a second
-//! std thread keeps inserting, taking over and removing for the whole measurement.
+//! std thread keeps connecting, taking over and disconnecting for the whole measurement.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -14,8 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use longlink::link::Link;
-use longlink::session::{DeviceKey, Session, SessionTable, Transport};
+use longlink::heartbeat::Heartbeats;
+use longlink::hub::{Hub, HubLimits, Profile};
+use longlink::link::{Link, OutboundLimits};
+use longlink::session::{DeviceKey, Session, Transport};
+use longlink::store::{Fsync, Store};
 
 /// Sessions in the table for lookups and takeovers: a busy node's worth of one shard set.
 const FILLED: usize = 100_000;
@@ -41,10 +48,51 @@ fn keys(n: usize) -> Vec<DeviceKey> {
         .collect()
 }
 
-fn filled(keys: &[DeviceKey]) -> SessionTable {
-    let table = SessionTable::default();
+/// The registry, keyed like the server's, with each session's device already known or not.
+struct Table {
+    hub: Hub,
+    _dir: tempfile::TempDir,
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path(), Fsync::Never).expect("store opens");
+        let limits = HubLimits {
+            outbound: OutboundLimits { max_frames: 512, max_bytes: 256 * 1024 },
+            send_window: 100,
+            pending_max: 100,
+            broadcast_max: 1_000,
+        };
+        let hub = Hub::new(limits, Arc::new(Heartbeats::default()), Arc::new(store));
+        Table { hub, _dir: dir }
+    }
+}
+
+impl Table {
+    /// Connects `session` for `key`; true when it replaced a live session.
+    fn insert(&self, key: &DeviceKey, session: Session) -> bool {
+        let replaced = self.hub.session(key).is_some();
+        self.hub.connect(key, Profile::default(), session);
+        replaced
+    }
+
+    /// Ends session `id` of `key`; true when it was the live one.
+    fn remove(&self, key: &DeviceKey, id: u64) -> bool {
+        let live = self.hub.session(key).is_some_and(|s| s.id == id);
+        self.hub.disconnect(key, id, 0);
+        live
+    }
+
+    fn link(&self, key: &DeviceKey) -> Option<Arc<Link>> {
+        self.hub.link(key)
+    }
+}
+
+fn filled(keys: &[DeviceKey]) -> Table {
+    let table = Table::default();
     for (i, key) in keys.iter().enumerate() {
-        table.insert(key.clone(), session(i as u64));
+        table.insert(key, session(i as u64));
     }
     table
 }
@@ -66,10 +114,10 @@ fn uncontended(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("insert_new", |b| {
         b.iter_batched(
-            || (SessionTable::default(), spares[..BATCH].to_vec()),
+            || (Table::default(), spares[..BATCH].to_vec()),
             |(table, sessions)| {
                 for (key, s) in keys.iter().zip(sessions) {
-                    table.insert(key.clone(), s);
+                    table.insert(key, s);
                 }
                 table
             },
@@ -101,9 +149,8 @@ fn uncontended(c: &mut Criterion) {
     group.bench_function("takeover", |b| {
         b.iter(|| {
             i = (i + 1) % FILLED;
-            let old = table.insert(keys[i].clone(), spares[i].clone());
             // From the second round on a spare replaces itself: still a takeover.
-            old.expect("the key was live")
+            assert!(table.insert(&keys[i], spares[i].clone()), "the key was live");
         })
     });
     group.finish();
@@ -117,7 +164,7 @@ struct Rival {
 }
 
 impl Rival {
-    fn start(table: Arc<SessionTable>, keys: Arc<Vec<DeviceKey>>) -> Rival {
+    fn start(table: Arc<Table>, keys: Arc<Vec<DeviceKey>>) -> Rival {
         let stop = Arc::new(AtomicBool::new(false));
         let ops = Arc::new(AtomicU64::new(0));
         let (flag, count) = (stop.clone(), ops.clone());
@@ -127,7 +174,7 @@ impl Rival {
             let mut round = 0u64;
             while !flag.load(Ordering::Relaxed) {
                 for (key, s) in keys.iter().zip(&spare) {
-                    table.insert(key.clone(), s.clone());
+                    table.insert(key, s.clone());
                     if round % 3 == 0 {
                         table.remove(key, s.id);
                     }
@@ -170,7 +217,7 @@ fn alone(c: &mut Criterion) {
     shared_ops(c, "session_alone", &filled(&keys), &keys);
 }
 
-fn shared_ops(c: &mut Criterion, name: &str, table: &SessionTable, keys: &[DeviceKey]) {
+fn shared_ops(c: &mut Criterion, name: &str, table: &Table, keys: &[DeviceKey]) {
     let mine: Vec<Session> = (0..keys.len()).map(|i| session(1 << 41 | i as u64)).collect();
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
@@ -185,14 +232,14 @@ fn shared_ops(c: &mut Criterion, name: &str, table: &SessionTable, keys: &[Devic
     group.bench_function("insert_or_takeover", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            table.insert(keys[i].clone(), mine[i].clone())
+            table.insert(&keys[i], mine[i].clone())
         })
     });
     let mut i = 0;
     group.bench_function("insert_then_remove", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            table.insert(keys[i].clone(), mine[i].clone());
+            table.insert(&keys[i], mine[i].clone());
             table.remove(&keys[i], mine[i].id)
         })
     });

@@ -1,9 +1,9 @@
-//! The hub: the device registry, every device's mailbox and the session table, and the
+//! The hub: the device registry, with every device's mailbox and live session, and the
 //! operations that must see them together (connect, push, ack, disconnect, broadcast),
 //! each of which also records its change in the store.
 //!
-//! Lock order, everywhere: a device's registry entry, then the session table, then a
-//! link's outbox. Holding the device entry while choosing the link and enqueueing is what
+//! Lock order, everywhere: a device's registry entry, then a link's outbox (or the
+//! broadcast log). Holding the device entry while choosing the link and enqueueing is what
 //! keeps a device's messages in sequence order across takeovers: a push either lands on
 //! the old link before the takeover (and is then redelivered on the new one) or on the
 //! new link after the replay. Store writes are enqueued under the same entry, so they
@@ -24,7 +24,7 @@ use crate::proto::device::{DeviceReport, Missed, Platform, ServerFrame, server_f
 use crate::proto::router::Event;
 use crate::proto::store::{StoredDevice, StoredMessage};
 use crate::receipts::Receipts;
-use crate::session::{DeviceKey, Session, SessionTable};
+use crate::session::{DeviceKey, Session, SessionCounts};
 use crate::store::record::{self, device_key, message_key};
 use crate::store::{Loaded, Space, Store};
 
@@ -79,9 +79,9 @@ pub struct Device {
     /// Allocated when the device first gets a message: most connected devices are idle,
     /// and an inline mailbox would cost each of them 80 bytes.
     mailbox: Option<Box<Mailbox>>,
-    /// The live session's link, the same one the session table holds: a push finds it
-    /// with the one lookup that also locks the device.
-    live: Option<Arc<Link>>,
+    /// The live session: a push finds it with the one lookup that also locks the device,
+    /// and takeover is decided under that lock.
+    live: Option<Session>,
     /// Where the device stands in its app's broadcasts.
     cursor: Cursor,
 }
@@ -106,6 +106,12 @@ struct Cursor {
 }
 
 impl Device {
+    /// The live session's link, unless it is closing (what a closing link has not
+    /// written is redelivered later, so it counts as gone).
+    fn open_link(&self) -> Option<Arc<Link>> {
+        self.live.as_ref().map(|s| s.link.clone()).filter(|l| !l.is_closing())
+    }
+
     fn mailbox(&mut self) -> &mut Mailbox {
         self.mailbox.get_or_insert_with(Box::default)
     }
@@ -146,7 +152,7 @@ impl Outcome {
 
 #[derive(Debug)]
 pub struct Hub {
-    pub sessions: SessionTable,
+    pub sessions: SessionCounts,
     pub heartbeats: Arc<Heartbeats>,
     pub receipts: Receipts,
     pub broadcasts: Broadcasts,
@@ -160,7 +166,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(limits: HubLimits, heartbeats: Arc<Heartbeats>, store: Arc<Store>) -> Self {
         Hub {
-            sessions: SessionTable::default(),
+            sessions: SessionCounts::default(),
             heartbeats,
             receipts: Receipts::default(),
             broadcasts: Broadcasts::default(),
@@ -255,9 +261,11 @@ impl Hub {
             self.persist_device(key, &device);
         }
         self.resume_broadcasts(key, &mut device, profile.broadcast_cursor);
-        device.live = Some(link.clone());
-        if let Some(old) = self.sessions.insert(key.clone(), session) {
-            old.link.close(CloseReason::Replaced);
+        match device.live.replace(session) {
+            Some(old) => {
+                old.link.close(CloseReason::Replaced);
+            }
+            None => self.sessions.opened(&key.app),
         }
         self.pump(key, &mut device, &link);
         self.pump_broadcasts(key, &mut device, &link, None);
@@ -266,9 +274,10 @@ impl Hub {
     /// Ends session `session_id` of the device, unless a newer session replaced it.
     pub fn disconnect(&self, key: &DeviceKey, session_id: u64, now_unix_ms: i64) {
         if let Some(mut device) = self.devices.get_mut(key)
-            && self.sessions.remove(key, session_id)
+            && device.live.as_ref().is_some_and(|s| s.id == session_id)
         {
             device.live = None;
+            self.sessions.closed(&key.app);
             device.last_seen_ms = now_unix_ms;
             self.persist_device(key, &device);
         }
@@ -281,8 +290,7 @@ impl Hub {
         let Some(mut device) = self.devices.get_mut(key) else {
             return Outcome::UnknownDevice;
         };
-        // A closing link counts as gone: what it has not written is redelivered later.
-        let link = device.live.clone().filter(|l| !l.is_closing());
+        let link = device.open_link();
         if link.is_none() && message.ephemeral {
             return Outcome::NotDelivered { reason: "offline" };
         }
@@ -315,7 +323,7 @@ impl Hub {
     /// with "pending_cap" when keeping it would drop the device's oldest message.
     pub fn preview(&self, key: &DeviceKey, message: &Message) -> (Outcome, &'static str) {
         let Some(device) = self.devices.get(key) else { return (Outcome::UnknownDevice, "") };
-        let live = device.live.as_ref().is_some_and(|l| !l.is_closing());
+        let live = device.open_link().is_some();
         if !live && message.ephemeral {
             return (Outcome::NotDelivered { reason: "offline" }, "");
         }
@@ -331,7 +339,7 @@ impl Hub {
     /// many messages (not broadcasts) it released.
     pub fn ack(&self, key: &DeviceKey, upto: u64, ids: &[String], broadcast_cursor: u64) -> usize {
         let Some(mut device) = self.devices.get_mut(key) else { return 0 };
-        let live = device.live.clone();
+        let live = device.live.as_ref().map(|s| s.link.clone());
         if broadcast_cursor > device.cursor.acked {
             self.ack_broadcasts(key, &mut device, broadcast_cursor);
             if let Some(link) = &live {
@@ -387,7 +395,23 @@ impl Hub {
 
     /// Closes the device's live session for `reason`; false when it has none.
     pub fn kick(&self, key: &DeviceKey, reason: CloseReason) -> bool {
-        self.sessions.link(key).is_some_and(|link| link.close(reason))
+        self.link(key).is_some_and(|link| link.close(reason))
+    }
+
+    /// The device's live session, if it has one.
+    pub fn session(&self, key: &DeviceKey) -> Option<Session> {
+        self.devices.get(key).and_then(|d| d.live.clone())
+    }
+
+    /// The device's live link, if it has one.
+    pub fn link(&self, key: &DeviceKey) -> Option<Arc<Link>> {
+        self.devices.get(key).and_then(|d| d.live.as_ref().map(|s| s.link.clone()))
+    }
+
+    /// Every live link, for drain. A snapshot: sessions may come and go meanwhile.
+    pub fn links(&self) -> Vec<Arc<Link>> {
+        let live = self.devices.iter().filter_map(|d| d.live.as_ref().map(|s| s.link.clone()));
+        live.collect()
     }
 
     /// Devices of `app` bound to `user`, optionally of one platform only.

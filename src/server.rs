@@ -246,7 +246,7 @@ async fn drain_when_asked(
     stop.send_replace(true);
     // Receipt streams would hold the router API's graceful stop open: end them now.
     node.hub.receipts.close();
-    for link in node.hub.sessions.links() {
+    for link in node.hub.links() {
         let delay = node.settings.reconnect_delay_ms();
         if link.close(CloseReason::Draining { reconnect_after_ms: delay }) {
             metrics::counter!("longlink_kicks_total", "reason" => "draining").increment(1);

@@ -1,10 +1,11 @@
-//! The session table: every authenticated, live device connection of this node, keyed
-//! by (app, device), with a count of live sessions per app.
+//! Sessions: what identifies a device (its key), an authenticated live connection (its
+//! session), and how many are live per app.
 //!
-//! Takeover is decided here and only here. Inserting a session for a key that already has
-//! one returns the old session (whose link the caller closes with `Replaced`); removing
-//! a session succeeds only for the session id that is in the table, so a dying old
-//! connection can never remove or disturb the session that replaced it.
+//! A device's live session is kept in its registry entry in the hub, so that a push
+//! finds the device and its link with one lookup, and takeover is decided under the
+//! same lock: connecting replaces the session (the caller closes the old link with
+//! `Replaced`), and ending a session succeeds only for the session id that is live, so a
+//! dying old connection can never remove or disturb the session that replaced it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -53,60 +54,39 @@ pub struct Session {
     pub heartbeat_secs: u32,
 }
 
+/// How many sessions are live, in all and per app. The sessions themselves live in the
+/// hub's registry, each in its device's entry.
 #[derive(Debug, Default)]
-pub struct SessionTable {
-    sessions: DashMap<DeviceKey, Session>,
+pub struct SessionCounts {
+    total: AtomicI64,
     /// Live sessions per app id, with the app's gauge (looked up once, not per change).
     online: DashMap<Arc<str>, (AtomicI64, metrics::Gauge)>,
 }
 
-impl SessionTable {
-    /// Makes `session` the live session of `key`; returns the one it replaced.
-    pub fn insert(&self, key: DeviceKey, session: Session) -> Option<Session> {
-        let app = key.app.clone();
-        let old = self.sessions.insert(key, session);
-        if old.is_none() {
-            self.count(&app, 1);
-        }
-        old
-    }
-
-    /// Removes the session of `key` if, and only if, it is session `id`.
-    pub fn remove(&self, key: &DeviceKey, id: u64) -> bool {
-        let removed = self.sessions.remove_if(key, |_, s| s.id == id).is_some();
-        if removed {
-            self.count(&key.app, -1);
-        }
-        removed
-    }
-
-    pub fn get(&self, key: &DeviceKey) -> Option<Session> {
-        self.sessions.get(key).map(|s| s.clone())
-    }
-
-    pub fn link(&self, key: &DeviceKey) -> Option<Arc<Link>> {
-        self.sessions.get(key).map(|s| s.link.clone())
-    }
-
+impl SessionCounts {
     /// Live sessions of `app`.
     pub fn online(&self, app: &str) -> i64 {
         self.online.get(app).map(|n| n.0.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.total.load(Ordering::Relaxed).max(0) as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.len() == 0
     }
 
-    /// Every live link, for drain. A snapshot: sessions may come and go meanwhile.
-    pub fn links(&self) -> Vec<Arc<Link>> {
-        self.sessions.iter().map(|s| s.link.clone()).collect()
+    pub(crate) fn opened(&self, app: &Arc<str>) {
+        self.count(app, 1);
+    }
+
+    pub(crate) fn closed(&self, app: &Arc<str>) {
+        self.count(app, -1);
     }
 
     fn count(&self, app: &Arc<str>, delta: i64) {
+        self.total.fetch_add(delta, Ordering::Relaxed);
         let update = |(n, gauge): &(AtomicI64, metrics::Gauge)| {
             let total = n.fetch_add(delta, Ordering::Relaxed) + delta;
             gauge.set(total as f64);
@@ -118,63 +98,5 @@ impl SessionTable {
                 update(&self.online.entry(app.clone()).or_insert((AtomicI64::new(0), gauge)))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session(id: u64) -> Session {
-        Session {
-            id,
-            link: Arc::new(Link::new(id, 1000, 0)),
-            transport: Transport::Tcp,
-            since_ms: 0,
-            heartbeat_secs: 30,
-        }
-    }
-
-    #[test]
-    fn stale_removal_never_touches_the_replacing_session() {
-        let table = SessionTable::default();
-        let key = DeviceKey::new("a", "d");
-        assert!(table.insert(key.clone(), session(1)).is_none());
-        let old = table.insert(key.clone(), session(2)).expect("replaced");
-        assert_eq!(old.id, 1);
-        assert!(!table.remove(&key, 1));
-        assert_eq!(table.get(&key).map(|s| s.id), Some(2));
-        assert_eq!(table.online("a"), 1);
-        assert!(table.remove(&key, 2));
-        assert_eq!(table.online("a"), 0);
-    }
-
-    /// Many threads replace and remove sessions of one key in every interleaving they
-    /// manage; the count per app must always equal what the table holds.
-    #[test]
-    fn racing_takeovers_keep_the_table_and_counts_consistent() {
-        let table = Arc::new(SessionTable::default());
-        let key = DeviceKey::new("a", "d");
-        let threads: Vec<_> = (0..4u64)
-            .map(|t| {
-                let (table, key) = (table.clone(), key.clone());
-                std::thread::spawn(move || {
-                    for i in 0..5_000u64 {
-                        let id = t * 1_000_000 + i + 1;
-                        if let Some(old) = table.insert(key.clone(), session(id)) {
-                            assert_ne!(old.id, id);
-                            assert!(!table.remove(&key, old.id), "old id removed twice");
-                        }
-                        if i % 3 == 0 {
-                            table.remove(&key, id);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(table.online("a"), table.len() as i64);
     }
 }

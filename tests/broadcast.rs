@@ -45,7 +45,7 @@ async fn connect(server: &TestServer, id: &str, cursor: u64) -> Device {
 async fn offline(server: &TestServer, id: &str) {
     drop(connect(server, id, 0).await);
     let key = DeviceKey::new(APP, id);
-    eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
+    eventually(5, || server.node().hub.session(&key).is_none()).await;
 }
 
 /// Asserts that nothing but the answer to a ping is waiting on `device`.
@@ -120,7 +120,7 @@ async fn unacked_broadcasts_come_again_flagged_and_acked_ones_never() {
     nothing_more(&mut a).await; // the ack was read before the link goes
     drop(a);
     let key = DeviceKey::new(APP, "a");
-    eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
+    eventually(5, || server.node().hub.session(&key).is_none()).await;
     // The app lost its cursor (cursor 0): the server's record of the ack still holds.
     let mut a = connect(&server, "a", 0).await;
     let again = next_push(&mut a).await;
@@ -181,7 +181,7 @@ async fn one_stalled_reader_does_not_hold_up_a_broadcast() {
         assert_eq!(seqs, (1..=100).collect::<Vec<u64>>(), "all 100, in order");
     }
     let key = DeviceKey::new(APP, "stalled");
-    eventually(10, || server.node().hub.sessions.get(&key).is_none()).await;
+    eventually(10, || server.node().hub.session(&key).is_none()).await;
     assert!(metric(&server, "longlink_slow_consumer_closes_total").await >= 1.0);
     drop(stalled);
     server.stop().await;

@@ -72,7 +72,7 @@ async fn results_distinguish_offline_unknown_and_rejected_devices() {
     let (device, _) = server.device("was-here").await;
     drop(device);
     let key = DeviceKey::new(APP, "was-here");
-    eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
+    eventually(5, || server.node().hub.session(&key).is_none()).await;
     let long = "x".repeat(129);
     let response = server.notify(&["was-here", "never-seen", &long, "was-here"], "t").await;
     let got: Vec<(Wire, &str)> =
@@ -214,7 +214,7 @@ async fn presence_reports_session_and_device_report_then_offline() {
     })
     .await;
     drop(device);
-    eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
+    eventually(5, || server.node().hub.session(&key).is_none()).await;
     let p = router.presence(ask()).await.unwrap().into_inner().devices.remove(0);
     assert!(p.known && !p.online);
     assert!(p.last_seen_ms > 0 && p.session_id.is_empty());
@@ -242,7 +242,7 @@ async fn kick_closes_with_operator_reason_and_the_requested_reconnect_hint() {
     }
     assert!(matches!(within(5, device.recv_any()).await, Err(ClientError::Closed)));
     let key = DeviceKey::new(APP, "k1");
-    eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
+    eventually(5, || server.node().hub.session(&key).is_none()).await;
     assert!(!router.kick(kick(true)).await.unwrap().into_inner().kicked, "nobody left to kick");
 
     let (mut device, _) = server.device("k1").await;
@@ -269,7 +269,7 @@ async fn unacked_messages_are_redelivered_flagged_on_the_next_connection() {
     let key = DeviceKey::new(APP, "r1");
     eventually(5, || server.node().hub.pending(&key) == 1).await;
     drop(device);
-    eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
+    eventually(5, || server.node().hub.session(&key).is_none()).await;
 
     let (mut device, _) = server.device("r1").await;
     let again = next_push(&mut device).await;

@@ -27,12 +27,12 @@ async fn a_dry_run_answers_what_would_happen_and_changes_nothing() {
     let (full, _) = server.device("full").await;
     drop(full);
     let key = |id: &str| DeviceKey::new(APP, id);
-    eventually(5, || server.node().hub.sessions.get(&key("full")).is_none()).await;
+    eventually(5, || server.node().hub.session(&key("full")).is_none()).await;
     server.notify(&["full"], "one").await;
     server.notify(&["full"], "two").await;
     let (offline, _) = server.device("offline").await;
     drop(offline);
-    eventually(5, || server.node().hub.sessions.get(&key("offline")).is_none()).await;
+    eventually(5, || server.node().hub.session(&key("offline")).is_none()).await;
     let mut router = server.router().await;
 
     let ids = ["online", "offline", "full", "never-seen", ""];
@@ -86,7 +86,7 @@ async fn a_dry_run_broadcast_counts_devices_and_takes_no_seq() {
     let (offline, _) = server.device("offline").await;
     drop(offline);
     let key = DeviceKey::new(APP, "offline");
-    eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
+    eventually(5, || server.node().hub.session(&key).is_none()).await;
     let mut request = dry(notification(&["unused"], "everyone"));
     request.target = Some(push_request::Target::Broadcast(Broadcast { new_devices: false }));
     let mut router = server.router().await;

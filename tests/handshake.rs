@@ -51,7 +51,7 @@ async fn each_kind_of_bad_token_is_refused_with_its_code_and_no_session() {
         assert_eq!(refused_with(&server, hello(APP, "d1", &token, 0)).await, code);
     }
     let key = DeviceKey::new(APP, "d1");
-    assert!(server.node().hub.sessions.get(&key).is_none());
+    assert!(server.node().hub.session(&key).is_none());
     assert!(server.node().hub.with_device(&key, |_| ()).is_none(), "no device recorded");
     let failures =
         metric(&server, "longlink_handshake_failures_total{reason=\"token_expired\"}").await;

@@ -52,7 +52,7 @@ async fn a_silent_connection_is_closed_within_a_second_of_its_deadline() {
 
     let mut talker = within(10, chat).await.unwrap();
     let key = DeviceKey::new(APP, "chatty");
-    assert!(server.node().hub.sessions.get(&key).is_some(), "a talking device stays");
+    assert!(server.node().hub.session(&key).is_some(), "a talking device stays");
     // Drain the pongs: the talker's connection is healthy.
     let frame = within(5, talker.recv()).await.unwrap();
     assert!(matches!(frame.frame, Some(server_frame::Frame::Pong(_))));

@@ -16,7 +16,7 @@ use support::*;
 
 async fn gone(server: &TestServer, id: &str) {
     let key = DeviceKey::new(APP, id);
-    eventually(5, || server.node().hub.sessions.get(&key).is_none()).await;
+    eventually(5, || server.node().hub.session(&key).is_none()).await;
 }
 
 /// Case C6 (a): a retried request id returns the first answer and delivers nothing twice.

@@ -56,7 +56,7 @@ impl Hub {
             if *key.app != **app || !entry.is_for(device.cursor.floor) {
                 continue;
             }
-            if let Some(link) = device.live.clone().filter(|l| !l.is_closing()) {
+            if let Some(link) = device.open_link() {
                 self.pump_broadcasts(key, device, &link, Some(&entry));
             }
             if device.cursor.scanned >= entry.seq {
@@ -84,7 +84,7 @@ impl Hub {
             if *item.key().app != *app {
                 continue;
             }
-            if item.live.as_ref().is_some_and(|l| !l.is_closing()) {
+            if item.open_link().is_some() {
                 fanout.sent += 1;
             } else if message.ephemeral {
                 fanout.not_delivered += 1;

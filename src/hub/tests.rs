@@ -60,7 +60,7 @@ fn pushes_racing_takeovers_stay_in_order_on_every_link() {
         let hub = Arc::new(hub());
         let key = DeviceKey::new("a", "d");
         hub.connect(&key, Profile::default(), session(1));
-        let links = Arc::new(parking_lot::Mutex::new(vec![hub.sessions.link(&key).unwrap()]));
+        let links = Arc::new(parking_lot::Mutex::new(vec![hub.link(&key).unwrap()]));
         let pusher = {
             let (hub, key) = (hub.clone(), key.clone());
             std::thread::spawn(move || {
@@ -110,9 +110,43 @@ fn a_stale_disconnect_leaves_the_new_session_and_its_user_binding() {
     hub.connect(&key, profile.clone(), session(1));
     hub.connect(&key, profile, session(2));
     hub.disconnect(&key, 1, 5);
-    assert_eq!(hub.sessions.get(&key).map(|s| s.id), Some(2));
+    assert_eq!(hub.session(&key).map(|s| s.id), Some(2));
     let app: Arc<str> = "a".into();
     assert_eq!(hub.user_devices(&app, "u", Platform::Unspecified), vec![key.clone()]);
     hub.bind(&key, None);
     assert!(hub.user_devices(&app, "u", Platform::Unspecified).is_empty());
+}
+
+/// Threads replace and end sessions of one key in every interleaving they manage: an old
+/// session's end never removes its replacement, and the counts always match what is live.
+#[test]
+fn racing_takeovers_keep_sessions_and_counts_consistent() {
+    let hub = Arc::new(hub());
+    let key = DeviceKey::new("a", "d");
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (hub, key) = (hub.clone(), key.clone());
+            std::thread::spawn(move || {
+                for i in 0..2_000u64 {
+                    let id = t * 1_000_000 + i + 1;
+                    hub.connect(&key, Profile::default(), session(id));
+                    if i % 3 == 0 {
+                        hub.disconnect(&key, id, 0);
+                    } else {
+                        // A stale id: another thread's, or one that already ended.
+                        hub.disconnect(&key, id.saturating_sub(1), 0);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let live = hub.session(&key).is_some() as i64;
+    assert_eq!((hub.sessions.online("a"), hub.sessions.len() as i64), (live, live));
+    if let Some(s) = hub.session(&key) {
+        hub.disconnect(&key, s.id, 0);
+    }
+    assert_eq!((hub.sessions.online("a"), hub.sessions.len()), (0, 0));
 }

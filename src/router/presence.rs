@@ -37,7 +37,7 @@ fn one(node: &Node, key: DeviceKey, device_id: String, now: i64) -> DevicePresen
     }) else {
         return DevicePresence { device_id, ..Default::default() };
     };
-    if let Some(session) = hub.sessions.get(&key) {
+    if let Some(session) = hub.session(&key) {
         presence.online = !session.link.is_closing();
         presence.online_since_ms = session.since_ms;
         presence.last_seen_ms = hub.last_seen_unix_ms(&session.link, now);
