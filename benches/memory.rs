@@ -9,7 +9,7 @@
 //! so the stages are built one after another and each one's growth is reported.
 //!
 //! Stages, for every device: its key and link (`DeviceKey`'s device id, `Arc<Link>`),
-//! then `Hub::connect` (registry entry with its mailbox, session-table entry, per-app
+//! then `Hub::connect` (registry entry with its live session and mailbox, per-app
 //! count, and the device record written to the store), then `Heartbeats::watch` (one
 //! weak pointer in the wheel). The keys and links are first held in a scratch vector,
 //! which is dropped at the end; the total is taken after that, so it counts only what
