@@ -126,6 +126,7 @@ impl Device {
             seq_floor: self.seq_floor,
             broadcast_floor: self.cursor.floor,
             broadcast_acked: self.cursor.acked,
+            missed: self.mailbox.as_ref().map_or(0, |m| m.missed()),
         }
     }
 }
@@ -220,6 +221,9 @@ impl Hub {
                 let floor = device.seq_floor;
                 device.mailbox().raise_floor(floor);
             }
+            if r.missed > 0 {
+                device.mailbox().restore_missed(r.missed);
+            }
             let user = (!r.user_id.is_empty()).then(|| Arc::from(r.user_id.as_str()));
             self.rebind(&key, &mut device, user);
             self.devices.insert(key, device);
@@ -299,8 +303,12 @@ impl Hub {
         self.release(key, &added.dropped, Event::Dropped, "pending_cap");
         self.release(key, &added.collapsed, Event::Dropped, "collapsed");
         count_dropped("pending_cap", added.dropped.len());
+        // The record holds the seq floor and the missed count: a restart must neither
+        // reuse a seq nor forget to tell the device what it missed.
         if added.seq > device.seq_floor {
             device.seq_floor = added.seq + SEQ_BLOCK;
+            self.persist_device(key, &device);
+        } else if !added.dropped.is_empty() {
             self.persist_device(key, &device);
         }
         if !message.ephemeral {

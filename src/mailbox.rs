@@ -219,6 +219,17 @@ impl Mailbox {
         self.pending.iter().filter(|p| p.message.collapse.as_ref() == Some(key)).count()
     }
 
+    /// Dropped messages the device has not confirmed hearing about.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// Puts back the missed count read from the store.
+    pub fn restore_missed(&mut self, missed: u64) {
+        self.missed = missed;
+        self.told = None;
+    }
+
     pub fn len(&self) -> usize {
         self.pending.len()
     }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use longlink::client::{ClientError, Device, hello};
-use longlink::proto::device::{KickReason, server_frame};
+use longlink::proto::device::{KickReason, Missed, server_frame};
 use longlink::proto::router::{PresenceRequest, Result as Wire};
 use support::child::{Served, serve_in};
 use support::{next_push, notification, within};
@@ -211,4 +211,28 @@ async fn a_corrupt_record_is_detected_skipped_and_the_rest_delivered() {
         assert_eq!(&next_push(&mut c2).await.message_id, id);
     }
     assert!(served.log().contains("corrupt record skipped"), "{}", served.log());
+}
+
+/// Messages dropped at the cap are owed a `Missed` marker, also across kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_missed_count_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = serve_in(dir.path(), "", &[("LONGLINK_DEVICE__PENDING_MAX", "2")]);
+    drop(connect(&served, "m", 0).await);
+    offline(&served, &["m".into()]).await;
+    let mut router = served.router().await;
+    let mut sent = Vec::new();
+    for i in 1..=5 {
+        let response = router.push(notification(&["m"], &format!("m{i}"))).await.unwrap();
+        sent.push(response.into_inner().message_id);
+    }
+    served.signal("KILL", 5).expect("killed");
+    drop(served);
+
+    let served = serve_in(dir.path(), "", &[("LONGLINK_DEVICE__PENDING_MAX", "2")]);
+    let mut device = connect(&served, "m", 0).await;
+    let first = within(5, device.recv()).await.unwrap();
+    assert_eq!(first.frame, Some(server_frame::Frame::Missed(Missed { count: 3 })));
+    let kept = [next_push(&mut device).await.message_id, next_push(&mut device).await.message_id];
+    assert_eq!(kept.to_vec(), sent[3..].to_vec(), "the two newest are kept");
 }
