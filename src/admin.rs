@@ -1,5 +1,6 @@
 //! The admin HTTP listener: `/healthz` (the process runs), `/readyz` (it takes
-//! connections; 503 while draining) and `/metrics` (Prometheus text).
+//! connections; 503 while draining), `/metrics` (Prometheus text), and the status page
+//! at `/` with its JSON at `/api/status` (see `status`).
 //!
 //! A deliberately small HTTP/1.1 responder: GET only, one request per connection, a
 //! bounded request head and a deadline, so that it needs no web framework and a stuck
@@ -13,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::node::Node;
+use crate::status;
 
 const MAX_HEAD: usize = 8 * 1024;
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -64,6 +66,7 @@ async fn answer(node: &Node, mut socket: TcpStream) -> std::io::Result<()> {
 
 fn route(node: &Node, method: &str, path: &str) -> (&'static str, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
+    const JSON: &str = "application/json";
     if method != "GET" {
         return ("405 Method Not Allowed", TEXT, "GET only\n".into());
     }
@@ -71,8 +74,10 @@ fn route(node: &Node, method: &str, path: &str) -> (&'static str, &'static str, 
         "/healthz" => ("200 OK", TEXT, "ok\n".into()),
         "/readyz" if node.is_draining() => ("503 Service Unavailable", TEXT, "draining\n".into()),
         "/readyz" => ("200 OK", TEXT, "ready\n".into()),
-        "/metrics" => match crate::telemetry::prometheus() {
-            Some(handle) => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+        "/" => ("200 OK", "text/html; charset=utf-8", status::PAGE.into()),
+        "/api/status" => ("200 OK", JSON, status::json(node, crate::clock::unix_ms()).to_string()),
+        "/metrics" => match crate::telemetry::render(node) {
+            Some(text) => ("200 OK", "text/plain; version=0.0.4", text),
             None => ("503 Service Unavailable", TEXT, "metrics recorder unavailable\n".into()),
         },
         _ => ("404 Not Found", TEXT, "not found\n".into()),

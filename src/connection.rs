@@ -91,7 +91,7 @@ async fn open(
     match outcome {
         Ok(established) => welcome(&node, established).await,
         Err(failed) => {
-            refuse(failed).await;
+            refuse(&node, failed).await;
             None
         }
     }
@@ -108,12 +108,13 @@ pub async fn busy(node: Arc<Node>, socket: TcpStream, tls: Option<TlsAcceptor>) 
             .and_then(Result::ok)
             .map(|s| Either::Tls(Box::new(s))),
     };
-    refuse(Failed { reason, stream }).await;
+    refuse(&node, Failed { reason, stream }).await;
 }
 
-async fn refuse(failed: Failed) {
+async fn refuse(node: &Node, failed: Failed) {
     let reason = failed.reason;
     metrics::counter!("longlink_handshake_failures_total", "reason" => reason.label()).increment(1);
+    node.recent.handshake_failed(reason.label());
     log_close(reason);
     if let Some(stream) = failed.stream {
         say_goodbye(stream, reason, 0).await;
@@ -180,6 +181,10 @@ async fn welcome(node: &Arc<Node>, established: Established) -> Option<Live> {
 async fn close(conn: Live, reason: CloseReason) {
     conn.node.hub.disconnect(&conn.key, conn.link.session_id, crate::clock::unix_ms());
     metrics::counter!("longlink_closes_total", "reason" => reason.label()).increment(1);
+    if reason.is_kick() {
+        metrics::counter!("longlink_kicks_total", "reason" => reason.label()).increment(1);
+        conn.node.recent.kicked(reason.label());
+    }
     log_session_close(&conn, reason);
     let spread = conn.node.settings.reconnect_delay_ms();
     say_goodbye(conn.stream, reason, spread).await;

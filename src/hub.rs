@@ -251,6 +251,7 @@ impl Hub {
         self.release(key, &added.dropped, Event::Dropped, "pending_cap");
         self.release(key, &added.collapsed, Event::Dropped, "collapsed");
         count_dropped("pending_cap", added.dropped.len());
+        count_dropped("collapsed", added.collapsed.len());
         if added.seq > device.seq_floor {
             device.seq_floor = added.seq + SEQ_BLOCK;
             self.persist_device(key, &device);
@@ -469,6 +470,9 @@ impl Hub {
 
     /// Deletes messages that left the mailbox from the store and tells subscribers why.
     fn release(&self, key: &DeviceKey, removed: &[Removed], event: Event, reason: &str) {
+        if event == Event::Acked {
+            crate::telemetry::delivered(removed);
+        }
         for r in removed {
             if !r.message.ephemeral {
                 self.store.delete(Space::Messages, message_key(&key.app, &key.device, r.seq));

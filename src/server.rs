@@ -95,6 +95,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     };
     let heartbeats = tokio::spawn(node.hub.heartbeats.clone().run());
+    let upkeep = tokio::spawn(crate::telemetry::upkeep());
     let every = Duration::from_secs(config.delivery.purge_interval_secs);
     let purger = tokio::spawn(purge(node.clone(), every));
     let api = tokio::spawn(serve_router(node.clone(), keys, router, stop_rx.clone()));
@@ -105,7 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop,
         drained,
         grace,
-        vec![heartbeats, purger],
+        vec![heartbeats, purger, upkeep],
         api,
     ));
     crate::limits::raise_open_files(config.device.max_connections);
@@ -132,6 +133,10 @@ fn restore(node: &Node) -> anyhow::Result<()> {
     let mut loaded = node.hub.store().load(crate::clock::unix_ms())?;
     let messages = node.hub.restore(&mut loaded);
     let requests = node.requests.restore(std::mem::take(&mut loaded.requests));
+    if loaded.expired > 0 {
+        metrics::counter!("longlink_dropped_total", "reason" => "expired")
+            .increment(loaded.expired as u64);
+    }
     let level_corrupt = loaded.corrupt;
     tracing::info!(
         messages,
@@ -247,9 +252,7 @@ async fn drain_when_asked(
     node.hub.receipts.close();
     for link in node.hub.sessions.links() {
         let delay = node.settings.reconnect_delay_ms();
-        if link.close(CloseReason::Draining { reconnect_after_ms: delay }) {
-            metrics::counter!("longlink_kicks_total", "reason" => "draining").increment(1);
-        }
+        link.close(CloseReason::Draining { reconnect_after_ms: delay });
     }
     if tokio::time::timeout(grace, node.all_closed()).await.is_err() {
         tracing::warn!(

@@ -27,7 +27,7 @@ impl DeviceKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Tcp,
     Tls,
@@ -56,28 +56,34 @@ pub struct Session {
 #[derive(Debug, Default)]
 pub struct SessionTable {
     sessions: DashMap<DeviceKey, Session>,
-    /// Live sessions per app id, with the app's gauge (looked up once, not per change).
-    online: DashMap<Arc<str>, (AtomicI64, metrics::Gauge)>,
+    /// Live sessions per app id and transport, with their gauge (looked up once, not per
+    /// change).
+    online: DashMap<(Arc<str>, Transport), (AtomicI64, metrics::Gauge)>,
 }
 
 impl SessionTable {
     /// Makes `session` the live session of `key`; returns the one it replaced.
     pub fn insert(&self, key: DeviceKey, session: Session) -> Option<Session> {
-        let app = key.app.clone();
+        let (app, transport) = (key.app.clone(), session.transport);
         let old = self.sessions.insert(key, session);
-        if old.is_none() {
-            self.count(&app, 1);
+        match &old {
+            None => self.count(&app, transport, 1),
+            Some(old) if old.transport != transport => {
+                self.count(&app, old.transport, -1);
+                self.count(&app, transport, 1);
+            }
+            Some(_) => {}
         }
         old
     }
 
     /// Removes the session of `key` if, and only if, it is session `id`.
     pub fn remove(&self, key: &DeviceKey, id: u64) -> bool {
-        let removed = self.sessions.remove_if(key, |_, s| s.id == id).is_some();
-        if removed {
-            self.count(&key.app, -1);
+        let removed = self.sessions.remove_if(key, |_, s| s.id == id);
+        if let Some((_, session)) = &removed {
+            self.count(&key.app, session.transport, -1);
         }
-        removed
+        removed.is_some()
     }
 
     pub fn get(&self, key: &DeviceKey) -> Option<Session> {
@@ -88,9 +94,24 @@ impl SessionTable {
         self.sessions.get(key).map(|s| s.link.clone())
     }
 
-    /// Live sessions of `app`.
+    /// Live sessions of `app`, over every transport.
     pub fn online(&self, app: &str) -> i64 {
-        self.online.get(app).map(|n| n.0.load(Ordering::Relaxed)).unwrap_or(0)
+        [Transport::Tcp, Transport::Tls]
+            .into_iter()
+            .filter_map(|t| self.online.get(&(Arc::from(app), t)))
+            .map(|n| n.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Live sessions per app and transport, for every pair that has had one.
+    pub fn counts(&self) -> Vec<(Arc<str>, Transport, i64)> {
+        let mut counts: Vec<_> = self
+            .online
+            .iter()
+            .map(|e| (e.key().0.clone(), e.key().1, e.value().0.load(Ordering::Relaxed)))
+            .collect();
+        counts.sort_by(|a, b| (&a.0, a.1.label()).cmp(&(&b.0, b.1.label())));
+        counts
     }
 
     pub fn len(&self) -> usize {
@@ -106,16 +127,21 @@ impl SessionTable {
         self.sessions.iter().map(|s| s.link.clone()).collect()
     }
 
-    fn count(&self, app: &Arc<str>, delta: i64) {
+    fn count(&self, app: &Arc<str>, transport: Transport, delta: i64) {
         let update = |(n, gauge): &(AtomicI64, metrics::Gauge)| {
             let total = n.fetch_add(delta, Ordering::Relaxed) + delta;
             gauge.set(total as f64);
         };
-        match self.online.get(app.as_ref()) {
+        let key = (app.clone(), transport);
+        match self.online.get(&key) {
             Some(entry) => update(&entry),
             None => {
-                let gauge = metrics::gauge!("longlink_sessions", "app" => app.to_string());
-                update(&self.online.entry(app.clone()).or_insert((AtomicI64::new(0), gauge)))
+                let gauge = metrics::gauge!(
+                    "longlink_sessions",
+                    "app" => app.to_string(),
+                    "transport" => transport.label()
+                );
+                update(&self.online.entry(key).or_insert((AtomicI64::new(0), gauge)))
             }
         }
     }
@@ -145,6 +171,20 @@ mod tests {
         assert!(!table.remove(&key, 1));
         assert_eq!(table.get(&key).map(|s| s.id), Some(2));
         assert_eq!(table.online("a"), 1);
+        assert!(table.remove(&key, 2));
+        assert_eq!(table.online("a"), 0);
+    }
+
+    /// A device that reconnects over TLS after TCP moves from one count to the other.
+    #[test]
+    fn a_takeover_on_another_transport_moves_the_count() {
+        let table = SessionTable::default();
+        let key = DeviceKey::new("a", "d");
+        table.insert(key.clone(), session(1));
+        let tls = Session { transport: Transport::Tls, ..session(2) };
+        table.insert(key.clone(), tls);
+        let counts: Vec<_> = table.counts().into_iter().map(|(_, t, n)| (t, n)).collect();
+        assert_eq!(counts, vec![(Transport::Tcp, 0), (Transport::Tls, 1)]);
         assert!(table.remove(&key, 2));
         assert_eq!(table.online("a"), 0);
     }

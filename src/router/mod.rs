@@ -150,7 +150,6 @@ impl Router for Service {
         let key = DeviceKey { app, device: req.device_id.as_str().into() };
         let reconnect_after_ms = req.reconnect.then(|| self.node.settings.reconnect_delay_ms());
         let kicked = self.node.hub.kick(&key, CloseReason::Operator { reconnect_after_ms });
-        metrics::counter!("longlink_kicks_total", "reason" => "operator").increment(kicked as u64);
         tracing::info!(app = %key.app, device = %key.device, kicked, "kick requested");
         Ok(Response::new(KickResponse { kicked }))
     }
