@@ -149,6 +149,38 @@ async fn the_page_shows_live_sessions_and_recent_refusals_and_kicks_by_reason() 
     server.stop().await;
 }
 
+/// What the page reads, without a browser: `/api/status` as JSON, and `/` as the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_status_reports_sessions_per_app_and_transport_and_recent_refusals() {
+    let server = start().await;
+    let (_online, _) = server.device("j1").await;
+    let mut stranger = Device::connect(&server.tcp()).await.unwrap();
+    let refused = within(5, stranger.hello(hello(APP, "j2", "not-a-jwt", 0))).await;
+    assert!(matches!(refused, Err(ClientError::Refused(_))), "{refused:?}");
+    let admin = server.running().admin_addr.unwrap();
+    let (code, body) = http_get(admin, "/api/status").await;
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["draining"], false);
+    let sessions = status["sessions"].as_array().unwrap();
+    let count = |transport: &str| {
+        sessions.iter().find(|s| s["app"] == APP && s["transport"] == transport).unwrap()["count"]
+            .as_i64()
+    };
+    assert_eq!((count("tcp"), count("tls")), (Some(1), Some(0)), "{body}");
+    let refusals: i64 = status["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["handshake_failures"]["token_malformed"].as_i64())
+        .sum();
+    assert_eq!(refusals, 1, "{body}");
+    let (code, page) = http_get(admin, "/").await;
+    assert_eq!(code, 200);
+    assert!(page.starts_with("<!doctype html>") && page.contains("/api/status"));
+    server.stop().await;
+}
+
 /// The whole chain against the real lookup endpoint: a device that received a message
 /// and acked it shows an `acked` row with that message id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
