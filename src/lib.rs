@@ -34,5 +34,6 @@ pub mod session;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod timeline;
 pub mod tls;
 pub mod token;
