@@ -80,6 +80,11 @@ pub struct Device {
 }
 
 impl Device {
+    /// The device's kept messages, if it ever had any.
+    pub fn kept(&self) -> Option<&Mailbox> {
+        self.mailbox.as_deref()
+    }
+
     fn mailbox(&mut self) -> &mut Mailbox {
         self.mailbox.get_or_insert_with(Box::default)
     }
@@ -211,7 +216,11 @@ impl Hub {
         if profile.acked_seq > 0 || device.mailbox.is_some() {
             let released = device.mailbox().resume_after(profile.acked_seq);
             self.release(key, &released, Event::Acked, "");
-            device.mailbox().rewind();
+            // TTL-0 messages the old link did not get acked are lost with it.
+            let lost = device.mailbox().rewind();
+            let why = if device.live.is_some() { "replaced" } else { "unacked" };
+            self.release(key, &lost, Event::Dropped, why);
+            count_dropped(why, lost.len());
         }
         if changed {
             self.persist_device(key, &device);
@@ -270,6 +279,19 @@ impl Hub {
             self.send_now(key, &mut device, &link);
         }
         Outcome::Sent { seq: added.seq }
+    }
+
+    /// Drops the TTL-0 messages of session `session_id`, which closed for `reason`: they
+    /// were for that connection only. Nothing when a newer session replaced it.
+    pub fn abandon(&self, key: &DeviceKey, session_id: u64, reason: &'static str) {
+        let Some(mut device) = self.devices.get_mut(key) else { return };
+        if device.live.as_ref().is_none_or(|l| l.session_id != session_id) {
+            return;
+        }
+        let Some(mailbox) = device.mailbox.as_mut() else { return };
+        let lost = mailbox.drop_ephemeral();
+        self.release(key, &lost, Event::Dropped, reason);
+        count_dropped(reason, lost.len());
     }
 
     /// Releases acked messages and lets a replay continue.
@@ -435,7 +457,14 @@ impl Hub {
         let sent = self.write(link, out.message.frame(out.seq, out.redelivery));
         if sent == Sent::Queued {
             let reason = if out.redelivery { "redelivery" } else { "" };
-            self.receipts.emit(Event::Sent, key, &out.message.id, out.seq, reason);
+            self.receipts.emit_on(
+                Event::Sent,
+                key,
+                &out.message.id,
+                out.seq,
+                reason,
+                link.session_id,
+            );
         }
         sent
     }

@@ -36,5 +36,6 @@ pub mod status;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod timeline;
 pub mod tls;
 pub mod token;

@@ -23,8 +23,9 @@ use crate::heartbeat::Heartbeats;
 use crate::hub::{Hub, HubLimits};
 use crate::link::OutboundLimits;
 use crate::node::{Node, Settings};
-use crate::router::{RouterServer, Service, auth::Keys};
+use crate::router::{Inspection, InspectionServer, RouterServer, Service, auth::Keys};
 use crate::store::Store;
+use crate::timeline::Timeline;
 
 /// Pending connections the kernel may queue per device listener.
 const BACKLOG: u32 = 4096;
@@ -67,6 +68,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let dir = config.data_dir.join("store");
     let store = Arc::new(Store::open_with(&dir, config.store.policy(), config.store.memory())?);
     let node = Arc::new(build_node(&config, apps, store));
+    let timeline = Timeline::open(&config.timeline, &config.data_dir.join("timeline"))
+        .context("opening the timeline")?;
+    node.hub.receipts.attach(timeline);
     restore(&node)?;
     let (drain, drain_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
@@ -211,6 +215,10 @@ async fn serve_router(
     if let Some(addr) = addr {
         tracing::info!(%addr, "router API ready");
     }
+    let inspection_keys = keys.clone();
+    let inspection = InspectionServer::with_interceptor(Inspection::new(node.clone()), move |r| {
+        inspection_keys.check(r)
+    });
     let service = RouterServer::with_interceptor(Service::new(node), move |r| keys.check(r));
     // Without TCP_NODELAY, small gRPC answers wait on Nagle and delayed acks: tens of
     // milliseconds at the tail of push latency.
@@ -225,6 +233,7 @@ async fn serve_router(
     );
     let result = tonic::transport::Server::builder()
         .add_service(service)
+        .add_service(inspection)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stop| *stop).await;
         })
@@ -269,6 +278,8 @@ async fn drain_when_asked(
     if let Err(error) = flushed {
         tracing::error!(%error, "final store flush failed");
     }
+    node.hub.receipts.timeline().settled().await;
+    node.hub.receipts.timeline().persist();
     tracing::info!("drained");
     drained.send_replace(true);
 }

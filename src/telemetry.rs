@@ -113,6 +113,14 @@ fn describe() {
         ("longlink_store_writes_total", "Store puts and deletes committed."),
         ("longlink_store_errors_total", "Store batches that failed to commit."),
         ("longlink_store_corrupt_records_total", "Corrupt store records skipped at load."),
+        (
+            "longlink_delivery_failures_total",
+            "Delivery failures recorded in the timeline, by reason code.",
+        ),
+        ("longlink_timeline_entries_total", "Timeline entries written."),
+        ("longlink_timeline_dropped_total", "Timeline notes dropped on a full queue."),
+        ("longlink_timeline_trimmed_total", "Timeline entries trimmed to their cap."),
+        ("longlink_timeline_pruned_total", "Timeline entries past the retention window."),
     ];
     for (name, help) in counters {
         describe_counter!(name, Count, help);

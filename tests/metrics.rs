@@ -2,8 +2,8 @@
 //! a kick and a stored message do to the series an operator graphs, and an exposition
 //! that `promtool check metrics` accepts.
 //!
-//! One test in this binary: the recorder is process-wide, so a second server running
-//! alongside would move the same gauges.
+//! One server test in this binary: the recorder is process-wide, so a second server
+//! running alongside would move the same gauges.
 
 mod support;
 
@@ -187,4 +187,47 @@ fn promtool_check(text: &str) {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
     println!("promtool check metrics: clean");
+}
+
+/// A metric recorded anywhere in `src/` without a description would be served without a
+/// HELP line (and fail `promtool check metrics` once it appears): `telemetry` must name
+/// every one.
+#[test]
+fn every_metric_the_source_records_is_described_in_telemetry() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let described = std::fs::read_to_string(root.join("telemetry.rs")).unwrap();
+    let mut files = vec![root];
+    let mut missing = Vec::new();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for name in recorded(&text) {
+            if !described.contains(&format!("\"{name}\"")) {
+                missing.push(format!("{name} ({})", path.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "describe these in src/telemetry.rs: {missing:?}");
+}
+
+/// Names given literally to `counter!`, `gauge!` and `histogram!` in `text`.
+fn recorded(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for mac in ["counter!(", "gauge!(", "histogram!("] {
+        for (at, _) in text.match_indices(mac) {
+            let rest = text[at + mac.len()..].trim_start();
+            if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next())
+                && name.starts_with("longlink_")
+            {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
 }

@@ -32,7 +32,7 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
         metrics::counter!("longlink_pushes_total", "result" => "idempotent_replay").increment(1);
         return Ok(first.response.clone());
     }
-    let response = deliver(node, &app, request)?;
+    let response = deliver(node, &app, request).inspect_err(|s| refused(node, &app, &id, s))?;
     let retention = node.settings.max_ttl_secs as i64 * 1000;
     let answer = Answer { expires_at_ms: crate::clock::unix_ms() + retention, response };
     node.requests.remember(&mut slot, node.hub.store(), &app, &id, answer.clone());
@@ -42,7 +42,14 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
 /// Delivers a request without a request id; the answer is not final until [`durable`].
 pub fn prepare(node: &Node, request: PushRequest) -> Result<PushResponse, Status> {
     let app = super::known_app(node, &request.app_id)?;
-    deliver(node, &app, request)
+    let id = request.request_id.clone();
+    deliver(node, &app, request).inspect_err(|s| refused(node, &app, &id, s))
+}
+
+/// Keeps a refused push in the timeline under its request id.
+fn refused(node: &Node, app: &Arc<str>, request_id: &str, status: &Status) {
+    let timeline = node.hub.receipts.timeline();
+    crate::timeline::steps::refused(timeline, Some(app), request_id, status.message());
 }
 
 /// Waits until every store write enqueued so far is durable, then answers.
@@ -57,6 +64,7 @@ pub async fn durable(node: &Node, response: PushResponse) -> Result<PushResponse
 /// Checks the request and hands the message to every target; does not wait for the store.
 fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResponse, Status> {
     let message = Arc::new(build(node, &request)?);
+    let target = crate::timeline::steps::target(node.hub.receipts.timeline(), &request.target);
     let results = match request.target {
         Some(push_request::Target::Devices(devices)) => {
             if devices.device_ids.is_empty() || devices.device_ids.len() > MAX_DEVICES {
@@ -76,6 +84,15 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
         }
         None => return Err(Status::invalid_argument("bad_target: no target")),
     };
+    let timeline = node.hub.receipts.timeline();
+    crate::timeline::steps::accepted(
+        timeline,
+        app,
+        &request.request_id,
+        &message,
+        target,
+        &results,
+    );
     Ok(PushResponse { message_id: message.id.clone(), results })
 }
 
