@@ -103,6 +103,7 @@ fn describe() {
         ("longlink_heartbeat_timeouts_total", "Sessions closed for heartbeat silence."),
         ("longlink_kicks_total", "Sessions the server ended with a Kick frame, by reason."),
         ("longlink_pushes_total", "Per-device results of router pushes, by result."),
+        ("longlink_broadcasts_total", "Broadcasts handed to the online devices of an app."),
         ("longlink_acks_total", "Messages released by Ack frames."),
         ("longlink_receipts_total", "Receipts sent by apps, by status."),
         ("longlink_receipts_lost_total", "Receipt events lost by slow router subscribers."),
