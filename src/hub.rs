@@ -216,11 +216,11 @@ impl Hub {
         if profile.acked_seq > 0 || device.mailbox.is_some() {
             let released = device.mailbox().resume_after(profile.acked_seq);
             self.release(key, &released, Event::Acked, "");
-            // TTL-0 messages the old link did not get acked are lost with it.
+            // TTL-0 messages the old link did not get acked are lost with it. A link that
+            // closed by itself already gave them up (`abandon`): this one is being replaced.
             let lost = device.mailbox().rewind();
-            let why = if device.live.is_some() { "replaced" } else { "unacked" };
-            self.release(key, &lost, Event::Dropped, why);
-            count_dropped(why, lost.len());
+            self.release(key, &lost, Event::Dropped, "replaced");
+            count_dropped("replaced", lost.len());
         }
         if changed {
             self.persist_device(key, &device);

@@ -229,6 +229,13 @@ impl Timeline {
         entries
     }
 
+    /// Entries kept on disk for one timeline, trimming slack included (tests, and the
+    /// proof that caps hold on disk, not only in answers).
+    pub fn stored(&self, kind: Kind, app: &str, id: &str) -> usize {
+        let Some(inner) = &self.0 else { return 0 };
+        inner.entries.prefix(prefix(kind, app, id)).count()
+    }
+
     /// Makes everything written so far durable (drain).
     pub fn persist(&self) {
         if let Some(inner) = &self.0

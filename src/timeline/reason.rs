@@ -20,7 +20,6 @@ pub const DELIVERY: &[(&str, &str)] = &[
     ("collapsed", "replaced by a newer message with the same collapse or badge key"),
     ("slow_consumer", "a TTL-0 message that did not fit the connection's outbound queue"),
     ("replaced", "a TTL-0 message on a connection taken over before the device acked it"),
-    ("unacked", "a TTL-0 message on a connection that closed before the device acked it"),
     ("payload_too_large", "title, body, click action and data over the payload limit"),
     ("bad_message", "the message is incomplete or its fields are over their limits"),
     ("bad_ttl", "the TTL is over the maximum"),
