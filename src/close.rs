@@ -46,6 +46,16 @@ pub enum CloseReason {
     },
 }
 
+/// One of each reason that ends in a `Kick`: the label set of `longlink_kicks_total`.
+pub const KICKS: [CloseReason; 6] = [
+    CloseReason::HeartbeatTimeout,
+    CloseReason::Replaced,
+    CloseReason::SlowConsumer,
+    CloseReason::TokenExpired,
+    CloseReason::Operator { reconnect_after_ms: None },
+    CloseReason::Draining { reconnect_after_ms: 0 },
+];
+
 /// How loud a close is in the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -79,6 +89,21 @@ impl CloseReason {
             Operator { .. } => "operator",
             Draining { .. } => "draining",
         }
+    }
+
+    /// True when the app is told with a `Kick` (a working session the server ends), which
+    /// is what `longlink_kicks_total` counts.
+    pub fn is_kick(self) -> bool {
+        use CloseReason::*;
+        matches!(
+            self,
+            HeartbeatTimeout
+                | Replaced
+                | SlowConsumer
+                | TokenExpired
+                | Operator { .. }
+                | Draining { .. }
+        )
     }
 
     pub fn level(self) -> Level {
@@ -201,6 +226,17 @@ mod tests {
         };
         assert!(k.reconnect);
         assert_eq!(k.reconnect_after_ms, 12_345);
+    }
+
+    #[test]
+    fn kicks_lists_exactly_the_reasons_told_with_a_kick() {
+        let kicks_frame = |r: CloseReason| {
+            matches!(r.frame(0).and_then(|f| f.frame), Some(server_frame::Frame::Kick(_)))
+        };
+        assert!(KICKS.iter().all(|r| r.is_kick() && kicks_frame(*r)));
+        for reason in [CloseReason::PeerClosed, CloseReason::Malformed, CloseReason::RateLimited] {
+            assert!(!reason.is_kick() && !kicks_frame(reason), "{reason:?}");
+        }
     }
 
     #[test]

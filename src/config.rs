@@ -27,6 +27,7 @@ pub struct Config {
     pub log: LogConfig,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
+    pub timeline: TimelineConfig,
     /// Apps whose devices may connect. When empty, one app `demo` is created with a key
     /// generated into `<data_dir>/apps/demo.key`.
     pub apps: Vec<AppConfig>,
@@ -182,6 +183,25 @@ pub struct DeliveryConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimelineConfig {
+    /// Keep a timeline per message and per device (`longlink inspect`, `longlink trace`).
+    /// Off: nothing is recorded; failures are still counted in the metrics.
+    pub enabled: bool,
+    /// How long entries are kept, in seconds.
+    pub retention_secs: u64,
+    /// Entries kept per device (the newest).
+    pub device_entries: usize,
+    /// Entries kept per message, all its devices together (the newest).
+    pub message_entries: usize,
+    /// Entries waiting to be written at most; past it new entries are dropped and counted
+    /// (`longlink_timeline_dropped_total`) rather than slowing delivery.
+    pub queue_max: usize,
+    /// How often entries past the retention window are deleted, in seconds.
+    pub prune_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// App id as apps send it in `Hello.app_id`.
@@ -214,6 +234,7 @@ impl Default for Config {
             log: LogConfig::default(),
             store: StoreConfig::default(),
             delivery: DeliveryConfig::default(),
+            timeline: TimelineConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -283,6 +304,19 @@ impl Default for DeliveryConfig {
             max_ttl_secs: 30 * 86_400,
             purge_interval_secs: 10,
             broadcast_max: 1_000,
+        }
+    }
+}
+
+impl Default for TimelineConfig {
+    fn default() -> Self {
+        TimelineConfig {
+            enabled: true,
+            retention_secs: 3 * 86_400,
+            device_entries: 200,
+            message_entries: 4_096,
+            queue_max: 65_536,
+            prune_interval_secs: 60,
         }
     }
 }
@@ -411,6 +445,16 @@ impl Config {
         }
         if ttl.purge_interval_secs == 0 {
             errors.push("delivery.purge_interval_secs: must be at least 1".into());
+        }
+        let t = &self.timeline;
+        if t.retention_secs == 0 || t.device_entries == 0 || t.message_entries == 0 {
+            errors.push(
+                "timeline: retention_secs, device_entries and message_entries must be at least 1"
+                    .into(),
+            );
+        }
+        if t.queue_max == 0 || t.prune_interval_secs == 0 {
+            errors.push("timeline: queue_max and prune_interval_secs must be at least 1".into());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             errors.push(format!("log.format: `{}` is neither text nor json", self.log.format));

@@ -65,7 +65,7 @@ pub fn serve(
         session = field::Empty
     );
     let alive = node.track();
-    let opening: Opening = Box::pin(open(node, socket, tls, permit).instrument(span.clone()));
+    let opening: Opening = Box::pin(open(node, socket, peer, tls, permit).instrument(span.clone()));
     run(alive, opening).instrument(span)
 }
 
@@ -82,6 +82,7 @@ async fn run(alive: ConnectionGuard, opening: Opening) {
 async fn open(
     node: Arc<Node>,
     socket: TcpStream,
+    peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     permit: OwnedSemaphorePermit,
 ) -> Option<Live> {
@@ -89,9 +90,9 @@ async fn open(
     let outcome = handshake::run(&node, socket, tls, deadline).await;
     drop(permit);
     match outcome {
-        Ok(established) => welcome(&node, established).await,
+        Ok(established) => welcome(&node, established, peer).await,
         Err(failed) => {
-            refuse(failed).await;
+            refuse(&node, failed).await;
             None
         }
     }
@@ -108,12 +109,13 @@ pub async fn busy(node: Arc<Node>, socket: TcpStream, tls: Option<TlsAcceptor>) 
             .and_then(Result::ok)
             .map(|s| Either::Tls(Box::new(s))),
     };
-    refuse(Failed { reason, stream }).await;
+    refuse(&node, Failed { reason, stream }).await;
 }
 
-async fn refuse(failed: Failed) {
+async fn refuse(node: &Node, failed: Failed) {
     let reason = failed.reason;
     metrics::counter!("longlink_handshake_failures_total", "reason" => reason.label()).increment(1);
+    node.recent.handshake_failed(reason.label());
     log_close(reason);
     if let Some(stream) = failed.stream {
         say_goodbye(stream, reason, 0).await;
@@ -122,7 +124,7 @@ async fn refuse(failed: Failed) {
 
 /// Puts the session in the table, then tells the app: a router call made as soon as the
 /// app sees `Welcome` finds it online.
-async fn welcome(node: &Arc<Node>, established: Established) -> Option<Live> {
+async fn welcome(node: &Arc<Node>, established: Established, peer: SocketAddr) -> Option<Live> {
     let Established { mut stream, decoder, key, profile, session, welcome } = established;
     let span = tracing::Span::current();
     span.record("app", &*key.app);
@@ -140,6 +142,7 @@ async fn welcome(node: &Arc<Node>, established: Established) -> Option<Live> {
     );
 
     let link = session.link.clone();
+    record_connect(node, &key, &session, &profile, peer);
     node.hub.connect(&key, profile, session);
     // A drain that started meanwhile may have missed this session in its sweep.
     if node.is_draining() {
@@ -153,6 +156,9 @@ async fn welcome(node: &Arc<Node>, established: Established) -> Option<Live> {
     })
     .await;
     if !matches!(greeted, Ok(Ok(()))) {
+        let timeline = node.hub.receipts.timeline();
+        crate::timeline::steps::closed(timeline, &key, link.session_id, CloseReason::PeerClosed);
+        node.hub.abandon(&key, link.session_id, CloseReason::PeerClosed.label());
         node.hub.disconnect(&key, link.session_id, crate::clock::unix_ms());
         metrics::counter!("longlink_closes_total", "reason" => "peer_closed").increment(1);
         log_close(CloseReason::PeerClosed);
@@ -176,10 +182,36 @@ async fn welcome(node: &Arc<Node>, established: Established) -> Option<Live> {
     Some(conn)
 }
 
+/// Records a session in the device's timeline, with the binding and report it changed.
+fn record_connect(
+    node: &Node,
+    key: &DeviceKey,
+    session: &crate::session::Session,
+    profile: &crate::hub::Profile,
+    peer: SocketAddr,
+) {
+    let timeline = node.hub.receipts.timeline();
+    if !timeline.enabled() {
+        return;
+    }
+    let before = node.hub.with_device(key, |d| {
+        (d.user.as_deref().map(str::to_string), d.report.as_deref().cloned())
+    });
+    let (user, report) = (profile.user.as_deref(), profile.report.as_ref());
+    crate::timeline::steps::connected(timeline, key, session, peer, user, report, before);
+}
+
 /// Ends a session: out of the table, counted, logged, told why, closed.
 async fn close(conn: Live, reason: CloseReason) {
+    let timeline = conn.node.hub.receipts.timeline();
+    crate::timeline::steps::closed(timeline, &conn.key, conn.link.session_id, reason);
+    conn.node.hub.abandon(&conn.key, conn.link.session_id, reason.label());
     conn.node.hub.disconnect(&conn.key, conn.link.session_id, crate::clock::unix_ms());
     metrics::counter!("longlink_closes_total", "reason" => reason.label()).increment(1);
+    if reason.is_kick() {
+        metrics::counter!("longlink_kicks_total", "reason" => reason.label()).increment(1);
+        conn.node.recent.kicked(reason.label());
+    }
     log_session_close(&conn, reason);
     let spread = conn.node.settings.reconnect_delay_ms();
     say_goodbye(conn.stream, reason, spread).await;

@@ -8,6 +8,7 @@ use crate::link::Link;
 use crate::node::Node;
 use crate::proto::device::{Bound, ClientFrame, Pong, ServerFrame, client_frame, server_frame};
 use crate::session::DeviceKey;
+use crate::timeline::steps;
 
 /// Message ids one `Ack` may list (the protocol's documented limit).
 const MAX_ACK_IDS: usize = 256;
@@ -54,10 +55,15 @@ impl Handler<'_> {
                 if !valid_report(&report) {
                     return Err(CloseReason::Malformed);
                 }
+                let before = self.node.hub.with_device(self.key, |d| d.report.as_deref().cloned());
+                let timeline = self.node.hub.receipts.timeline();
+                let session = self.link.session_id;
+                steps::reported(timeline, self.key, session, before.flatten().as_ref(), &report);
                 self.node.hub.report(self.key, report);
             }
             Some(Frame::Bind(bind)) => self.bind(&bind.token)?,
             Some(Frame::Unbind(_)) => {
+                self.record_binding(None, "Unbind");
                 self.node.hub.bind(self.key, None);
                 tracing::info!("unbound");
                 self.answer(server_frame::Frame::Bound(Bound { user_id: String::new() }));
@@ -82,21 +88,38 @@ impl Handler<'_> {
         let label = receipt.status().as_str_name();
         metrics::counter!("longlink_receipts_total", "status" => label).increment(1);
         tracing::debug!(message = %receipt.message_id, status = label, "receipt");
-        let receipts = &self.node.hub.receipts;
-        if receipts.wanted() {
-            let reason: String = receipt.reason.chars().take(64).collect();
-            receipts.emit(event, self.key, &receipt.message_id, 0, &reason);
+        // Always: the timeline keeps what the app did even when nobody subscribes.
+        let reason: String = receipt.reason.chars().take(64).collect();
+        let id: String = receipt.message_id.chars().take(128).collect();
+        let session = self.link.session_id;
+        self.node.hub.receipts.emit_on(event, self.key, &id, 0, &reason, session);
+    }
+
+    /// Records a change of binding to `user` made on this connection.
+    fn record_binding(&self, user: Option<&str>, how: &str) {
+        let timeline = self.node.hub.receipts.timeline();
+        if !timeline.enabled() {
+            return;
         }
+        let old = self.node.hub.with_device(self.key, |d| d.user.as_deref().map(str::to_string));
+        let session = self.link.session_id;
+        steps::bound(timeline, self.key, session, old.flatten().as_deref(), user, how);
     }
 
     fn bind(&self, token: &str) -> Result<(), CloseReason> {
         let apps = self.node.apps();
         let (_, key) = apps.get(&self.key.app).ok_or(CloseReason::UnknownApp)?;
+        let refused = |reason: CloseReason| {
+            let timeline = self.node.hub.receipts.timeline();
+            steps::token_rejected(timeline, self.key, reason, self.link.session_id);
+            reason
+        };
         let claims = key
             .verify(token, &self.key.app, &self.key.device, crate::clock::unix_secs())
-            .map_err(CloseReason::Token)?;
-        let user = crate::handshake::user_of(&claims)?;
+            .map_err(|e| refused(CloseReason::Token(e)))?;
+        let user = crate::handshake::user_of(&claims).map_err(refused)?;
         self.link.set_token_expiry(claims.exp);
+        self.record_binding(user.as_deref(), "Bind");
         self.node.hub.bind(self.key, user.as_deref());
         tracing::info!(user = user.as_deref().unwrap_or(""), "bound");
         self.answer(server_frame::Frame::Bound(Bound { user_id: user.unwrap_or_default() }));

@@ -157,11 +157,16 @@ fn authenticate(
     if !valid_hello(hello) {
         return Err(CloseReason::InvalidHello);
     }
+    let device = DeviceKey { app, device: hello.device_id.as_str().into() };
+    let refused = |reason: CloseReason| {
+        crate::timeline::steps::token_rejected(node.hub.receipts.timeline(), &device, reason, 0);
+        reason
+    };
     let claims = key
         .verify(&hello.token, &hello.app_id, &hello.device_id, crate::clock::unix_secs())
-        .map_err(CloseReason::Token)?;
-    let user = user_of(&claims)?;
-    Ok((DeviceKey { app, device: hello.device_id.as_str().into() }, user, claims.exp))
+        .map_err(|e| refused(CloseReason::Token(e)))?;
+    let user = user_of(&claims).map_err(refused)?;
+    Ok((device, user, claims.exp))
 }
 
 /// The user a verified token binds to: none when `uid` is absent or empty; refused when it

@@ -112,6 +112,11 @@ impl Device {
         self.live.as_ref().map(|s| s.link.clone()).filter(|l| !l.is_closing())
     }
 
+    /// The device's kept messages, if it ever had any.
+    pub fn kept(&self) -> Option<&Mailbox> {
+        self.mailbox.as_deref()
+    }
+
     fn mailbox(&mut self) -> &mut Mailbox {
         self.mailbox.get_or_insert_with(Box::default)
     }
@@ -259,17 +264,23 @@ impl Hub {
         if profile.acked_seq > 0 || device.mailbox.is_some() {
             let released = device.mailbox().resume_after(profile.acked_seq);
             self.release(key, &released, Event::Acked, "");
-            device.mailbox().rewind();
+            // TTL-0 messages the old link did not get acked are lost with it. A link that
+            // closed by itself already gave them up (`abandon`): this one is being replaced.
+            let lost = device.mailbox().rewind();
+            self.release(key, &lost, Event::Dropped, "replaced");
+            count_dropped("replaced", lost.len());
         }
         if changed {
             self.persist_device(key, &device);
         }
         self.resume_broadcasts(key, &mut device, profile.broadcast_cursor);
+        let transport = session.transport;
         match device.live.replace(session) {
             Some(old) => {
                 old.link.close(CloseReason::Replaced);
+                self.sessions.moved(&key.app, old.transport, transport);
             }
-            None => self.sessions.opened(&key.app),
+            None => self.sessions.opened(&key.app, transport),
         }
         self.pump(key, &mut device, &link);
         self.pump_broadcasts(key, &mut device, &link, None);
@@ -278,10 +289,9 @@ impl Hub {
     /// Ends session `session_id` of the device, unless a newer session replaced it.
     pub fn disconnect(&self, key: &DeviceKey, session_id: u64, now_unix_ms: i64) {
         if let Some(mut device) = self.devices.get_mut(key)
-            && device.live.as_ref().is_some_and(|s| s.id == session_id)
+            && let Some(ended) = device.live.take_if(|s| s.id == session_id)
         {
-            device.live = None;
-            self.sessions.closed(&key.app);
+            self.sessions.closed(&key.app, ended.transport);
             device.last_seen_ms = now_unix_ms;
             self.persist_device(key, &device);
         }
@@ -303,6 +313,7 @@ impl Hub {
         self.release(key, &added.dropped, Event::Dropped, "pending_cap");
         self.release(key, &added.collapsed, Event::Dropped, "collapsed");
         count_dropped("pending_cap", added.dropped.len());
+        count_dropped("collapsed", added.collapsed.len());
         // The record holds the seq floor and the missed count: a restart must neither
         // reuse a seq nor forget to tell the device what it missed.
         if added.seq > device.seq_floor {
@@ -341,6 +352,19 @@ impl Hub {
         };
         let note = if kept >= self.limits.pending_max { "pending_cap" } else { "" };
         if live { (Outcome::Sent { seq }, note) } else { (Outcome::Stored { seq }, note) }
+    }
+
+    /// Drops the TTL-0 messages of session `session_id`, which closed for `reason`: they
+    /// were for that connection only. Nothing when a newer session replaced it.
+    pub fn abandon(&self, key: &DeviceKey, session_id: u64, reason: &'static str) {
+        let Some(mut device) = self.devices.get_mut(key) else { return };
+        if device.live.as_ref().is_none_or(|s| s.id != session_id) {
+            return;
+        }
+        let Some(mailbox) = device.mailbox.as_mut() else { return };
+        let lost = mailbox.drop_ephemeral();
+        self.release(key, &lost, Event::Dropped, reason);
+        count_dropped(reason, lost.len());
     }
 
     /// Releases acked messages and broadcasts and lets a replay continue. Returns how
@@ -532,7 +556,14 @@ impl Hub {
         let sent = self.write(link, out.message.frame(out.seq, out.redelivery));
         if sent == Sent::Queued {
             let reason = if out.redelivery { "redelivery" } else { "" };
-            self.receipts.emit(Event::Sent, key, &out.message.id, out.seq, reason);
+            self.receipts.emit_on(
+                Event::Sent,
+                key,
+                &out.message.id,
+                out.seq,
+                reason,
+                link.session_id,
+            );
         }
         sent
     }
@@ -567,6 +598,9 @@ impl Hub {
 
     /// Deletes messages that left the mailbox from the store and tells subscribers why.
     fn release(&self, key: &DeviceKey, removed: &[Removed], event: Event, reason: &str) {
+        if event == Event::Acked {
+            crate::telemetry::delivered(removed);
+        }
         for r in removed {
             if !r.message.ephemeral {
                 self.store.delete(Space::Messages, message_key(&key.app, &key.device, r.seq));

@@ -147,11 +147,28 @@ impl Mailbox {
     }
 
     /// A new link takes over: everything unacked is to be sent again, except TTL-0
-    /// messages, which were for the old link only.
-    pub fn rewind(&mut self) {
+    /// messages, which were for the old link only; returns those.
+    pub fn rewind(&mut self) -> Vec<Removed> {
         self.sent_upto = self.acked;
         self.told = None;
-        self.pending.retain(|p| !p.message.ephemeral);
+        self.drop_ephemeral()
+    }
+
+    /// Takes out every TTL-0 message: the link they were meant for is gone.
+    pub fn drop_ephemeral(&mut self) -> Vec<Removed> {
+        let mut dropped = Vec::new();
+        self.pending.retain(|p| {
+            if p.message.ephemeral {
+                dropped.push(p.removed());
+            }
+            !p.message.ephemeral
+        });
+        dropped
+    }
+
+    /// When the oldest kept message expires, Unix ms.
+    pub fn oldest_expiry(&self) -> Option<i64> {
+        self.pending.front().and_then(|p| p.message.expires_at_ms)
     }
 
     /// True when some message has not been handed to the current link yet.

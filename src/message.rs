@@ -34,6 +34,9 @@ pub struct Message {
     pub collapse: Option<String>,
     /// TTL 0: delivered now, on the link that is live, or never; not stored, not replayed.
     pub ephemeral: bool,
+    /// When the router's push was accepted (the push's `created_at_ms`, so it survives a
+    /// restart), Unix milliseconds: the start of the delivery latency an ack ends.
+    pub accepted_at_ms: i64,
     /// Encoded `Push` without `seq` and `redelivery`.
     body: Bytes,
 }
@@ -56,6 +59,7 @@ impl Message {
             expires_at_ms,
             collapse,
             ephemeral: false,
+            accepted_at_ms: push.created_at_ms,
             body: push.encode_to_vec().into(),
         }
     }

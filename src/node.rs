@@ -11,6 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::apps::Apps;
 use crate::config::{Config, HeartbeatConfig};
 use crate::hub::Hub;
+use crate::recent::Recent;
 use crate::requests::Requests;
 
 /// Device-side settings, resolved once from the configuration.
@@ -82,6 +83,8 @@ pub struct Node {
     pub settings: Settings,
     /// Handshakes in progress; a connection that finds none free is told BUSY.
     pub handshakes: Arc<Semaphore>,
+    /// Handshake failures and kicks of the last minutes, for the status page.
+    pub recent: Recent,
     draining: AtomicBool,
     next_session: AtomicU64,
     /// Connection tasks alive (handshaking or established).
@@ -97,6 +100,7 @@ impl Node {
             apps: RwLock::new(Arc::new(apps)),
             settings,
             handshakes: Arc::new(Semaphore::new(max_handshakes)),
+            recent: Recent::default(),
             draining: AtomicBool::new(false),
             // Session ids start from a random point so that ids from two runs differ.
             next_session: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),

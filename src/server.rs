@@ -23,8 +23,9 @@ use crate::heartbeat::Heartbeats;
 use crate::hub::{Hub, HubLimits};
 use crate::link::OutboundLimits;
 use crate::node::{Node, Settings};
-use crate::router::{RouterServer, Service, auth::Keys};
+use crate::router::{Inspection, InspectionServer, RouterServer, Service, auth::Keys};
 use crate::store::Store;
+use crate::timeline::Timeline;
 
 /// Pending connections the kernel may queue per device listener.
 const BACKLOG: u32 = 4096;
@@ -67,6 +68,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let dir = config.data_dir.join("store");
     let store = Arc::new(Store::open_with(&dir, config.store.policy(), config.store.memory())?);
     let node = Arc::new(build_node(&config, apps, store));
+    let timeline = Timeline::open(&config.timeline, &config.data_dir.join("timeline"))
+        .context("opening the timeline")?;
+    node.hub.receipts.attach(timeline);
     restore(&node)?;
     let (drain, drain_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
@@ -95,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     };
     let heartbeats = tokio::spawn(node.hub.heartbeats.clone().run());
+    let upkeep = tokio::spawn(crate::telemetry::upkeep());
     let every = Duration::from_secs(config.delivery.purge_interval_secs);
     let purger = tokio::spawn(purge(node.clone(), every));
     let api = tokio::spawn(serve_router(node.clone(), keys, router, stop_rx.clone()));
@@ -105,7 +110,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop,
         drained,
         grace,
-        vec![heartbeats, purger],
+        vec![heartbeats, purger, upkeep],
         api,
     ));
     crate::limits::raise_open_files(config.device.max_connections);
@@ -133,6 +138,10 @@ fn restore(node: &Node) -> anyhow::Result<()> {
     let mut loaded = node.hub.store().load(crate::clock::unix_ms())?;
     let messages = node.hub.restore(&mut loaded);
     let requests = node.requests.restore(std::mem::take(&mut loaded.requests));
+    if loaded.expired > 0 {
+        metrics::counter!("longlink_dropped_total", "reason" => "expired")
+            .increment(loaded.expired as u64);
+    }
     let level_corrupt = loaded.corrupt;
     tracing::info!(
         messages,
@@ -207,6 +216,10 @@ async fn serve_router(
     if let Some(addr) = addr {
         tracing::info!(%addr, "router API ready");
     }
+    let inspection_keys = keys.clone();
+    let inspection = InspectionServer::with_interceptor(Inspection::new(node.clone()), move |r| {
+        inspection_keys.check(r)
+    });
     let service = RouterServer::with_interceptor(Service::new(node), move |r| keys.check(r));
     // Without TCP_NODELAY, small gRPC answers wait on Nagle and delayed acks: tens of
     // milliseconds at the tail of push latency.
@@ -221,6 +234,7 @@ async fn serve_router(
     );
     let result = tonic::transport::Server::builder()
         .add_service(service)
+        .add_service(inspection)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stop| *stop).await;
         })
@@ -248,9 +262,7 @@ async fn drain_when_asked(
     node.hub.receipts.close();
     for link in node.hub.links() {
         let delay = node.settings.reconnect_delay_ms();
-        if link.close(CloseReason::Draining { reconnect_after_ms: delay }) {
-            metrics::counter!("longlink_kicks_total", "reason" => "draining").increment(1);
-        }
+        link.close(CloseReason::Draining { reconnect_after_ms: delay });
     }
     if tokio::time::timeout(grace, node.all_closed()).await.is_err() {
         tracing::warn!(
@@ -267,6 +279,8 @@ async fn drain_when_asked(
     if let Err(error) = flushed {
         tracing::error!(%error, "final store flush failed");
     }
+    node.hub.receipts.timeline().settled().await;
+    node.hub.receipts.timeline().persist();
     tracing::info!("drained");
     drained.send_replace(true);
 }

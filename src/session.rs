@@ -28,7 +28,7 @@ impl DeviceKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Tcp,
     Tls,
@@ -54,19 +54,33 @@ pub struct Session {
     pub heartbeat_secs: u32,
 }
 
-/// How many sessions are live, in all and per app. The sessions themselves live in the
-/// hub's registry, each in its device's entry.
+/// How many sessions are live, in all and per app and transport. The sessions themselves
+/// live in the hub's registry, each in its device's entry.
 #[derive(Debug, Default)]
 pub struct SessionCounts {
     total: AtomicI64,
-    /// Live sessions per app id, with the app's gauge (looked up once, not per change).
-    online: DashMap<Arc<str>, (AtomicI64, metrics::Gauge)>,
+    /// Per app: live sessions over TCP and over TLS, each with its gauge (looked up
+    /// once per app, not per change).
+    online: DashMap<Arc<str>, [(AtomicI64, metrics::Gauge); 2]>,
 }
 
 impl SessionCounts {
-    /// Live sessions of `app`.
+    /// Live sessions of `app`, over every transport.
     pub fn online(&self, app: &str) -> i64 {
-        self.online.get(app).map(|n| n.0.load(Ordering::Relaxed)).unwrap_or(0)
+        self.online.get(app).map_or(0, |n| n.iter().map(|(n, _)| n.load(Ordering::Relaxed)).sum())
+    }
+
+    /// Live sessions per app and transport, for every app that has had one.
+    pub fn counts(&self) -> Vec<(Arc<str>, Transport, i64)> {
+        let mut counts = Vec::new();
+        for entry in self.online.iter() {
+            for transport in [Transport::Tcp, Transport::Tls] {
+                let n = entry.value()[transport as usize].0.load(Ordering::Relaxed);
+                counts.push((entry.key().clone(), transport, n));
+            }
+        }
+        counts.sort_by(|a, b| (&a.0, a.1.label()).cmp(&(&b.0, b.1.label())));
+        counts
     }
 
     pub fn len(&self) -> usize {
@@ -77,26 +91,58 @@ impl SessionCounts {
         self.len() == 0
     }
 
-    pub(crate) fn opened(&self, app: &Arc<str>) {
-        self.count(app, 1);
+    pub(crate) fn opened(&self, app: &Arc<str>, transport: Transport) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.count(app, transport, 1);
     }
 
-    pub(crate) fn closed(&self, app: &Arc<str>) {
-        self.count(app, -1);
+    pub(crate) fn closed(&self, app: &Arc<str>, transport: Transport) {
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        self.count(app, transport, -1);
     }
 
-    fn count(&self, app: &Arc<str>, delta: i64) {
-        self.total.fetch_add(delta, Ordering::Relaxed);
-        let update = |(n, gauge): &(AtomicI64, metrics::Gauge)| {
+    /// A takeover on another transport: one session ends, one begins.
+    pub(crate) fn moved(&self, app: &Arc<str>, from: Transport, to: Transport) {
+        if from != to {
+            self.count(app, from, -1);
+            self.count(app, to, 1);
+        }
+    }
+
+    fn count(&self, app: &Arc<str>, transport: Transport, delta: i64) {
+        let update = |counts: &[(AtomicI64, metrics::Gauge); 2]| {
+            let (n, gauge) = &counts[transport as usize];
             let total = n.fetch_add(delta, Ordering::Relaxed) + delta;
             gauge.set(total as f64);
         };
         match self.online.get(app.as_ref()) {
             Some(entry) => update(&entry),
             None => {
-                let gauge = metrics::gauge!("longlink_sessions", "app" => app.to_string());
-                update(&self.online.entry(app.clone()).or_insert((AtomicI64::new(0), gauge)))
+                let gauge = |t: Transport| {
+                    let labels = [("app", app.to_string()), ("transport", t.label().to_string())];
+                    (AtomicI64::new(0), metrics::gauge!("longlink_sessions", &labels))
+                };
+                let fresh = [gauge(Transport::Tcp), gauge(Transport::Tls)];
+                update(&self.online.entry(app.clone()).or_insert(fresh))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_follow_sessions_across_transports() {
+        let counts = SessionCounts::default();
+        let app: Arc<str> = "a".into();
+        counts.opened(&app, Transport::Tcp);
+        counts.moved(&app, Transport::Tcp, Transport::Tls);
+        let per: Vec<_> = counts.counts().into_iter().map(|(_, t, n)| (t, n)).collect();
+        assert_eq!(per, vec![(Transport::Tcp, 0), (Transport::Tls, 1)]);
+        assert_eq!((counts.online("a"), counts.len()), (1, 1));
+        counts.closed(&app, Transport::Tls);
+        assert_eq!((counts.online("a"), counts.len(), counts.online("b")), (0, 0, 0));
     }
 }

@@ -152,7 +152,7 @@ async fn admin_endpoints_answer_health_readiness_and_metrics() {
     assert_eq!(status, 200);
     assert!(body.contains("longlink_handshakes_total{transport=\"tcp\"}"), "{body}");
     // Other tests in this process run servers too, so only the series is checked here.
-    assert!(body.contains("longlink_sessions{app=\"demo\"}"), "{body}");
+    assert!(body.contains("longlink_sessions{app=\"demo\",transport=\"tcp\"}"), "{body}");
     server.stop().await;
 }
 

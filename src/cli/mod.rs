@@ -1,8 +1,9 @@
-//! The command line: `serve`, `token`, `client`, `push`, `presence`, `receipts`, `kick` and
-//! `config print`.
+//! The command line: `serve`, `token`, `client`, `push`, `presence`, `receipts`, `kick`,
+//! `inspect`, `trace` and `config print`.
 //! Each command parses its flags here and does its work in its own module.
 
 mod client;
+mod inspect;
 mod output;
 mod push;
 mod serve;
@@ -35,6 +36,11 @@ enum Command {
     Receipts(push::ReceiptsArgs),
     /// Disconnects a device with Kick(operator).
     Kick(push::KickArgs),
+    /// Prints a device's timeline (connections, closes, token rejections, bindings,
+    /// reports, failed deliveries) and a verdict when something is wrong.
+    Inspect(inspect::InspectArgs),
+    /// Prints every step a message took or failed to take, with reason codes.
+    Trace(inspect::TraceArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -62,6 +68,8 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Presence(args) => runtime()?.block_on(push::presence(args)),
         Command::Receipts(args) => runtime()?.block_on(push::receipts(args)),
         Command::Kick(args) => runtime()?.block_on(push::kick(args)),
+        Command::Inspect(args) => runtime()?.block_on(inspect::inspect(args)),
+        Command::Trace(args) => runtime()?.block_on(inspect::trace(args)),
         Command::Config { command: ConfigCommand::Print { config } } => {
             let config = crate::config::Config::load(config.as_deref(), std::env::vars())?;
             print!("{}", config.to_toml());

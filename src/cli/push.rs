@@ -15,10 +15,10 @@ use crate::proto::router::{KickRequest, ReceiptsRequest};
 pub struct Api {
     /// Router API address (the server's `router.addr`).
     #[arg(long, default_value = "127.0.0.1:7101", env = "LONGLINK_ROUTER__ADDR")]
-    api: String,
+    pub(super) api: String,
     /// Router key, when the server requires one.
     #[arg(long, env = "LONGLINK_ROUTER_KEY", hide_env_values = true)]
-    router_key: Option<String>,
+    pub(super) router_key: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

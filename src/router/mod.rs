@@ -2,6 +2,7 @@
 //! disconnects devices. Every request names its app; the caller's key must allow it.
 
 pub mod auth;
+pub mod inspect;
 mod presence;
 mod push;
 mod receipts;
@@ -16,12 +17,16 @@ use crate::close::CloseReason;
 use crate::node::Node;
 use crate::proto::router::router_server::Router;
 use crate::proto::router::{
+    InspectDeviceRequest, InspectDeviceResponse, TraceMessageRequest, TraceMessageResponse,
+};
+use crate::proto::router::{
     KickRequest, KickResponse, PresenceRequest, PresenceResponse, PushRequest, PushResponse,
     ReceiptEvent, ReceiptsRequest,
 };
 use crate::session::DeviceKey;
 use auth::Access;
 
+pub use crate::proto::router::inspection_server::InspectionServer;
 pub use crate::proto::router::router_server::RouterServer;
 
 /// Responses of one PushStream call that may wait for the caller to read them.
@@ -46,6 +51,19 @@ fn authorize<T>(request: &Request<T>, app: &str) -> Result<(), Status> {
     } else {
         Err(Status::permission_denied(format!("app_not_allowed: this key may not act for `{app}`")))
     }
+}
+
+/// [`authorize`] for a push: a refusal is kept in the timeline under the request id.
+fn authorize_push(node: &Node, request: &Request<PushRequest>) -> Result<(), Status> {
+    authorize(request, &request.get_ref().app_id).inspect_err(|status| {
+        refuse(node, request.get_ref(), status.message());
+    })
+}
+
+fn refuse(node: &Node, request: &PushRequest, why: &str) {
+    let app = node.apps().get(&request.app_id).map(|(id, _)| id);
+    let timeline = node.hub.receipts.timeline();
+    crate::timeline::steps::refused(timeline, app.as_ref(), &request.request_id, why);
 }
 
 /// Resolves `app` to its interned id, or fails with `unknown_app`.
@@ -81,6 +99,7 @@ async fn stream_pushes(
     while let Some(next) = inbound.next().await {
         let answering = match next {
             Ok(req) if !access.allows(&req.app_id) => {
+                refuse(&node, &req, "app_not_allowed");
                 tokio::spawn(std::future::ready(Err(Status::permission_denied("app_not_allowed"))))
             }
             // Idempotent requests take the full path, which waits on their key.
@@ -106,7 +125,7 @@ async fn stream_pushes(
 #[tonic::async_trait]
 impl Router for Service {
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
-        authorize(&request, &request.get_ref().app_id)?;
+        authorize_push(&self.node, &request)?;
         push::push(&self.node, request.into_inner()).await.map(Response::new)
     }
 
@@ -150,8 +169,39 @@ impl Router for Service {
         let key = DeviceKey { app, device: req.device_id.as_str().into() };
         let reconnect_after_ms = req.reconnect.then(|| self.node.settings.reconnect_delay_ms());
         let kicked = self.node.hub.kick(&key, CloseReason::Operator { reconnect_after_ms });
-        metrics::counter!("longlink_kicks_total", "reason" => "operator").increment(kicked as u64);
         tracing::info!(app = %key.app, device = %key.device, kicked, "kick requested");
         Ok(Response::new(KickResponse { kicked }))
+    }
+}
+
+/// The inspection service: timelines and verdicts, on the router API's listener, under the
+/// same keys and per-app checks.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    node: Arc<Node>,
+}
+
+impl Inspection {
+    pub fn new(node: Arc<Node>) -> Self {
+        Inspection { node }
+    }
+}
+
+#[tonic::async_trait]
+impl crate::proto::router::inspection_server::Inspection for Inspection {
+    async fn inspect_device(
+        &self,
+        request: Request<InspectDeviceRequest>,
+    ) -> Result<Response<InspectDeviceResponse>, Status> {
+        authorize(&request, &request.get_ref().app_id)?;
+        inspect::inspect(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn trace_message(
+        &self,
+        request: Request<TraceMessageRequest>,
+    ) -> Result<Response<TraceMessageResponse>, Status> {
+        authorize(&request, &request.get_ref().app_id)?;
+        inspect::trace(&self.node, request.into_inner()).await.map(Response::new)
     }
 }

@@ -23,7 +23,7 @@ pub fn presence(node: &Node, request: PresenceRequest) -> Result<PresenceRespons
     Ok(PresenceResponse { devices })
 }
 
-fn one(node: &Node, key: DeviceKey, device_id: String, now: i64) -> DevicePresence {
+pub(super) fn one(node: &Node, key: DeviceKey, device_id: String, now: i64) -> DevicePresence {
     let hub = &node.hub;
     let Some(mut presence) = hub.with_device(&key, |d| DevicePresence {
         device_id: device_id.clone(),

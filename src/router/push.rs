@@ -35,7 +35,7 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
         return Ok(first.response.clone());
     }
     let dry_run = request.dry_run;
-    let response = deliver(node, &app, request)?;
+    let response = checked(node, &app, request)?;
     if dry_run {
         return Ok(response);
     }
@@ -48,7 +48,23 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
 /// Delivers a request without a request id; the answer is not final until [`durable`].
 pub fn prepare(node: &Node, request: PushRequest) -> Result<PushResponse, Status> {
     let app = super::known_app(node, &request.app_id)?;
-    deliver(node, &app, request)
+    checked(node, &app, request)
+}
+
+/// [`deliver`], keeping a refusal in the timeline (unless it was a dry run).
+fn checked(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResponse, Status> {
+    let (id, dry) = (request.request_id.clone(), request.dry_run);
+    deliver(node, app, request).inspect_err(|s| {
+        if !dry {
+            refused(node, app, &id, s);
+        }
+    })
+}
+
+/// Keeps a refused push in the timeline under its request id.
+fn refused(node: &Node, app: &Arc<str>, request_id: &str, status: &Status) {
+    let timeline = node.hub.receipts.timeline();
+    crate::timeline::steps::refused(timeline, Some(app), request_id, status.message());
 }
 
 /// Waits until every store write enqueued so far is durable, then answers.
@@ -67,6 +83,10 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
     if dry {
         metrics::counter!("longlink_dry_runs_total").increment(1);
     }
+    let target = match dry {
+        true => String::new(),
+        false => crate::timeline::steps::target(node.hub.receipts.timeline(), &request.target),
+    };
     let results = match request.target {
         Some(push_request::Target::Devices(devices)) => {
             if devices.device_ids.is_empty() || devices.device_ids.len() > MAX_DEVICES {
@@ -89,6 +109,9 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
                 node.hub.preview_broadcast(app, &message)
             } else {
                 metrics::counter!("longlink_pushes_total", "result" => "broadcast").increment(1);
+                let timeline = node.hub.receipts.timeline();
+                let id = &request.request_id;
+                crate::timeline::steps::accepted(timeline, app, id, &message, target, &[]);
                 node.hub.broadcast(app, message.clone(), broadcast.new_devices)
             };
             let broadcast = BroadcastResult {
@@ -106,6 +129,11 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
         }
         None => return Err(Status::invalid_argument("bad_target: no target")),
     };
+    if !dry {
+        let timeline = node.hub.receipts.timeline();
+        let id = &request.request_id;
+        crate::timeline::steps::accepted(timeline, app, id, &message, target, &results);
+    }
     Ok(PushResponse { message_id: message.id.clone(), results, broadcast: None })
 }
 

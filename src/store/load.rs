@@ -69,6 +69,8 @@ impl Store {
     fn load_messages(&self, loaded: &mut Loaded, now_ms: i64) -> Result<(), StoreError> {
         for item in self.spaces.messages.iter() {
             let (key, value) = item.into_inner()?;
+            // On disk, corrupt or not, until something deletes it.
+            self.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some((app, device, seq)) = parse_message_key(&key) else {
                 loaded.corrupt += corrupt("messages", &key, "unreadable key");
                 continue;

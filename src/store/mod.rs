@@ -12,7 +12,7 @@ mod load;
 pub mod record;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,9 @@ pub struct Store {
     /// Writes enqueued and not yet committed (the queue itself is unbounded; the
     /// per-connection frame budget bounds what each device can add to it).
     queued: Arc<AtomicUsize>,
+    /// Message records in the store: those read at load, plus puts, minus deletes. Exact
+    /// because the hub writes each (device, seq) once and deletes it at most once.
+    messages: AtomicI64,
     writer: std::thread::JoinHandle<()>,
 }
 
@@ -150,16 +153,22 @@ impl Store {
             .name("longlink-store".into())
             .spawn(move || writer.run())
             .map_err(fjall::Error::from)?;
-        Ok(Store { db, spaces, tx, queued, writer })
+        Ok(Store { db, spaces, tx, queued, messages: AtomicI64::new(0), writer })
     }
 
     pub fn put(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
         self.queued.fetch_add(1, Ordering::Relaxed);
+        if let Space::Messages = space {
+            self.messages.fetch_add(1, Ordering::Relaxed);
+        }
         let _ = self.tx.send(Op::Put(space, key, value));
     }
 
     pub fn delete(&self, space: Space, key: Vec<u8>) {
         self.queued.fetch_add(1, Ordering::Relaxed);
+        if let Space::Messages = space {
+            self.messages.fetch_sub(1, Ordering::Relaxed);
+        }
         let _ = self.tx.send(Op::Delete(space, key));
     }
 
@@ -173,6 +182,17 @@ impl Store {
             Ok(Err(e)) => Err(StoreError::Engine(fjall::Error::from(std::io::Error::other(e)))),
             Err(_) => Err(StoreError::Stopped),
         }
+    }
+
+    /// Message records kept for devices (written, not yet acked, expired or dropped),
+    /// counting writes still queued for the writer.
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Bytes the store takes on disk (tables and journal).
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
     }
 
     /// Forces everything written so far onto disk (drain, shutdown).

@@ -1,0 +1,258 @@
+//! The delivery timeline: for every message and every device, a bounded history of what
+//! happened (accepted, stored, sent, acked, expired, dropped, rejected, connected,
+//! closed, token rejected, bound, reported, ...), each step with its time and, for
+//! failures, a reason code from one documented list (`reason`).
+//!
+//! Recording never waits: a step becomes a [`Note`] on a bounded queue, and the
+//! timeline's own writer thread (`writer`) turns notes into keys of its own fjall
+//! database under `<data_dir>/timeline`, trims each timeline to its cap and deletes
+//! entries past the retention window. It is a database apart from the message store so
+//! that its writes are never part of the fsync a push waits for; a full queue drops the
+//! note and counts it instead of slowing delivery. Reads ([`Timeline::read`]) are prefix
+//! scans, newest first, after a barrier so that they see every note recorded before.
+//!
+//! Every failure that is recorded is also counted in
+//! `longlink_delivery_failures_total{reason}`, whether the timeline is enabled or not.
+
+pub mod reason;
+pub mod render;
+pub mod steps;
+pub mod verdict;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Duration;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tokio::sync::oneshot;
+
+use crate::config::TimelineConfig;
+use crate::proto::router::TimelineEntry;
+use crate::session::DeviceKey;
+use crate::store::record;
+
+/// Which timeline an entry is filed under: the first byte of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Message = b'm' as isize,
+    Device = b'd' as isize,
+    /// A push's request id: refusals before a message id existed, and the message id an
+    /// accepted push got.
+    Request = b'r' as isize,
+}
+
+/// One step, as recorded on the hot path; the writer encodes it.
+#[derive(Debug, Default)]
+pub struct Note {
+    pub at_ms: i64,
+    pub event: &'static str,
+    pub reason: String,
+    pub app: Option<Arc<str>>,
+    pub device: Option<Arc<str>>,
+    pub message_id: String,
+    pub request_id: String,
+    pub seq: u64,
+    pub session: u64,
+    pub user_id: String,
+    pub detail: String,
+    /// Sorts first among the entries of its millisecond (accepted, which is recorded
+    /// after the sends it caused but happened before them).
+    pub first: bool,
+}
+
+impl Note {
+    pub fn new(event: &'static str, key: &DeviceKey) -> Note {
+        Note {
+            at_ms: crate::clock::unix_ms(),
+            event,
+            app: Some(key.app.clone()),
+            device: Some(key.device.clone()),
+            ..Note::default()
+        }
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Note {
+        self.reason = reason.into();
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Note {
+        self.detail = detail.into();
+        self
+    }
+
+    pub fn session(mut self, session: u64) -> Note {
+        self.session = session;
+        self
+    }
+
+    pub fn user(mut self, user: impl Into<String>) -> Note {
+        self.user_id = user.into();
+        self
+    }
+
+    pub fn entry(&self) -> TimelineEntry {
+        TimelineEntry {
+            at_ms: self.at_ms,
+            event: self.event.to_string(),
+            reason: self.reason.clone(),
+            message_id: self.message_id.clone(),
+            device_id: self.device.as_deref().unwrap_or_default().to_string(),
+            seq: self.seq,
+            session_id: if self.session == 0 { String::new() } else { hex(self.session) },
+            request_id: self.request_id.clone(),
+            user_id: self.user_id.clone(),
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+pub fn hex(session: u64) -> String {
+    format!("{session:x}")
+}
+
+/// The bounds a writer keeps its timelines within.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub retention_ms: i64,
+    pub device_entries: usize,
+    pub message_entries: usize,
+    pub prune_every: Duration,
+}
+
+impl Bounds {
+    pub fn from_config(c: &TimelineConfig) -> Bounds {
+        Bounds {
+            retention_ms: (c.retention_secs as i64).saturating_mul(1000),
+            device_entries: c.device_entries,
+            message_entries: c.message_entries,
+            prune_every: Duration::from_secs(c.prune_interval_secs),
+        }
+    }
+
+    pub fn cap(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Device => self.device_entries,
+            Kind::Message | Kind::Request => self.message_entries,
+        }
+    }
+}
+
+enum Op {
+    Note(Note),
+    /// Answered once every note queued before it is committed.
+    Barrier(oneshot::Sender<()>),
+}
+
+struct Inner {
+    db: Database,
+    entries: Keyspace,
+    tx: SyncSender<Op>,
+    bounds: Bounds,
+}
+
+/// A handle on the timeline; cheap to clone. Disabled, it records nothing and reads
+/// nothing.
+#[derive(Clone, Default)]
+pub struct Timeline(Option<Arc<Inner>>);
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeline").field("enabled", &self.0.is_some()).finish()
+    }
+}
+
+impl Timeline {
+    /// Opens the timeline's database in `dir` and starts its writer, or returns a
+    /// disabled timeline when the configuration says so.
+    pub fn open(config: &TimelineConfig, dir: &Path) -> Result<Timeline, fjall::Error> {
+        if !config.enabled {
+            return Ok(Timeline(None));
+        }
+        std::fs::create_dir_all(dir)?;
+        let db = Database::builder(dir).cache_size(4 << 20).open()?;
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(4 << 20);
+        let entries = db.keyspace("entries", options)?;
+        let index = db.keyspace("index", options)?;
+        let bounds = Bounds::from_config(config);
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_max);
+        let writer = writer::Writer::new(db.clone(), entries.clone(), index, bounds, rx);
+        std::thread::Builder::new().name("longlink-timeline".into()).spawn(move || writer.run())?;
+        Ok(Timeline(Some(Arc::new(Inner { db, entries, tx, bounds }))))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Records `note` without waiting; counts it when it is a failure.
+    pub fn record(&self, note: Note) {
+        if reason::is_failure(note.event) && !note.reason.is_empty() {
+            let label = reason::metric_label(&note.reason);
+            metrics::counter!("longlink_delivery_failures_total", "reason" => label).increment(1);
+        }
+        let Some(inner) = &self.0 else { return };
+        match inner.tx.try_send(Op::Note(note)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("longlink_timeline_dropped_total").increment(1);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Resolves once every note recorded before the call is readable (bounded: a full
+    /// queue or a stopped writer resolves at once).
+    pub async fn settled(&self) {
+        let Some(inner) = &self.0 else { return };
+        let (done, wait) = oneshot::channel();
+        if inner.tx.try_send(Op::Barrier(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        }
+    }
+
+    /// The newest entries of one timeline, at most its cap, oldest first.
+    pub fn read(&self, kind: Kind, app: &str, id: &str) -> Vec<TimelineEntry> {
+        let Some(inner) = &self.0 else { return Vec::new() };
+        let cap = inner.bounds.cap(kind);
+        let mut entries: Vec<TimelineEntry> = inner
+            .entries
+            .prefix(prefix(kind, app, id))
+            .rev()
+            .filter_map(|item| item.value().ok())
+            .filter_map(|value| record::decode(&value).ok())
+            .take(cap)
+            .collect();
+        entries.reverse();
+        entries
+    }
+
+    /// Entries kept on disk for one timeline, trimming slack included (tests, and the
+    /// proof that caps hold on disk, not only in answers).
+    pub fn stored(&self, kind: Kind, app: &str, id: &str) -> usize {
+        let Some(inner) = &self.0 else { return 0 };
+        inner.entries.prefix(prefix(kind, app, id)).count()
+    }
+
+    /// Makes everything written so far durable (drain).
+    pub fn persist(&self) {
+        if let Some(inner) = &self.0
+            && let Err(error) = inner.db.persist(PersistMode::SyncAll)
+        {
+            tracing::warn!(%error, "timeline persist failed");
+        }
+    }
+}
+
+/// `kind app \0 id \0`: every entry of one timeline starts with it.
+pub fn prefix(kind: Kind, app: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(app.len() + id.len() + 3);
+    key.push(kind as u8);
+    key.extend_from_slice(app.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key.push(0);
+    key
+}

@@ -1,0 +1,232 @@
+//! The timeline's writer thread: files each note under the timelines it belongs to,
+//! keeps every timeline within its cap and deletes entries past the retention window.
+//!
+//! Keys: `kind app \0 id \0 at_ms counter` (big-endian, so a timeline is one prefix in
+//! time order). Retention works through a second keyspace, `index`, holding one key
+//! `bucket_end prefix` per timeline and time bucket it has entries in: pruning walks the
+//! buckets that ended before the cutoff, oldest first, and deletes only what is in them,
+//! so it never scans the timelines that are still young.
+//!
+//! Caps are kept with slack: a timeline is trimmed back to its cap once it is an eighth
+//! over it, so trimming costs one scan per eighth of a cap rather than one per entry.
+//! Reads return at most the cap. The counts live in a bounded map; a device counted
+//! again (after a restart, or once the map was cleared) is counted from the store, a
+//! message is assumed new (its ids are), so a message timeline still being written
+//! across a restart may hold up to twice its cap until it is trimmed.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use fjall::{Database, Keyspace, OwnedWriteBatch};
+
+use super::{Bounds, Kind, Note, Op, prefix, reason};
+use crate::store::record;
+
+/// Notes per batch at most, so a barrier is answered promptly.
+const MAX_BATCH: usize = 4_096;
+/// Timelines whose counts are kept; past it the map starts over.
+const MAX_TRACKED: usize = 100_000;
+/// Entries one prune tick deletes at most; the rest waits for the next tick.
+const MAX_PRUNE: usize = 100_000;
+
+struct Tracked {
+    n: usize,
+    /// The bucket this timeline was last indexed in.
+    bucket_end: i64,
+}
+
+pub struct Writer {
+    db: Database,
+    entries: Keyspace,
+    index: Keyspace,
+    bounds: Bounds,
+    bucket_ms: i64,
+    rx: Receiver<Op>,
+    tracked: HashMap<Vec<u8>, Tracked>,
+    counter: u32,
+}
+
+impl Writer {
+    pub fn new(
+        db: Database,
+        entries: Keyspace,
+        index: Keyspace,
+        bounds: Bounds,
+        rx: Receiver<Op>,
+    ) -> Writer {
+        // Eight buckets per retention window: pruning runs at most an eighth late.
+        let bucket_ms = (bounds.retention_ms / 8).clamp(1_000, 3_600_000);
+        Writer { db, entries, index, bounds, bucket_ms, rx, tracked: HashMap::new(), counter: 0 }
+    }
+
+    pub fn run(mut self) {
+        let mut next_prune = Instant::now() + self.bounds.prune_every;
+        loop {
+            let wait = next_prune.saturating_duration_since(Instant::now());
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(op) => Some(op),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if let Some(first) = first {
+                let mut ops = vec![first];
+                while ops.len() < MAX_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(op) => ops.push(op),
+                        Err(_) => break,
+                    }
+                }
+                self.commit(ops);
+            }
+            if Instant::now() >= next_prune {
+                self.prune(crate::clock::unix_ms() - self.bounds.retention_ms);
+                next_prune = Instant::now() + self.bounds.prune_every;
+            }
+        }
+        let _ = self.db.persist(fjall::PersistMode::SyncAll);
+    }
+
+    fn commit(&mut self, ops: Vec<Op>) {
+        let mut batch = self.db.batch();
+        let mut waiters = Vec::new();
+        let mut over = Vec::new();
+        let mut notes = 0u64;
+        for op in ops {
+            match op {
+                Op::Note(note) => {
+                    self.file(&mut batch, &note, &mut over);
+                    notes += 1;
+                }
+                Op::Barrier(done) => waiters.push(done),
+            }
+        }
+        if let Err(error) = batch.commit() {
+            tracing::warn!(%error, "timeline commit failed");
+        }
+        metrics::counter!("longlink_timeline_entries_total").increment(notes);
+        for (kind, key) in over {
+            self.trim(kind, &key);
+        }
+        for done in waiters {
+            let _ = done.send(());
+        }
+    }
+
+    /// Writes `note` under every timeline it belongs to.
+    fn file(&mut self, batch: &mut OwnedWriteBatch, note: &Note, over: &mut Vec<(Kind, Vec<u8>)>) {
+        let Some(app) = note.app.as_deref() else { return };
+        let value = record::encode(&note.entry());
+        let counter = if note.first {
+            0
+        } else {
+            self.counter = self.counter.wrapping_add(1).max(1);
+            self.counter
+        };
+        for (kind, id) in timelines(note) {
+            let p = prefix(kind, app, id);
+            let mut key = p.clone();
+            key.extend_from_slice(&note.at_ms.to_be_bytes());
+            key.extend_from_slice(&counter.to_be_bytes());
+            batch.insert(&self.entries, key, value.clone());
+            if self.track(batch, kind, &p, note.at_ms) {
+                over.push((kind, p));
+            }
+        }
+    }
+
+    /// Counts one more entry of timeline `p`; true when it just went over its cap and
+    /// its slack.
+    fn track(&mut self, batch: &mut OwnedWriteBatch, kind: Kind, p: &[u8], at_ms: i64) -> bool {
+        if !self.tracked.contains_key(p) {
+            if self.tracked.len() >= MAX_TRACKED {
+                self.tracked.clear();
+            }
+            let n = if kind == Kind::Device { self.entries.prefix(p).count() } else { 0 };
+            self.tracked.insert(p.to_vec(), Tracked { n, bucket_end: 0 });
+        }
+        let bucket_end = (at_ms / self.bucket_ms + 1) * self.bucket_ms;
+        let tracked = self.tracked.get_mut(p).expect("inserted above");
+        tracked.n += 1;
+        if tracked.bucket_end != bucket_end {
+            tracked.bucket_end = bucket_end;
+            let mut key = bucket_end.to_be_bytes().to_vec();
+            key.extend_from_slice(p);
+            batch.insert(&self.index, key, Vec::new());
+        }
+        let cap = self.bounds.cap(kind);
+        tracked.n == cap + cap / 8 + 1
+    }
+
+    /// Deletes the oldest entries of timeline `p` beyond its cap.
+    fn trim(&mut self, kind: Kind, p: &[u8]) {
+        let keys: Vec<_> = self.entries.prefix(p).filter_map(|item| item.key().ok()).collect();
+        let excess = keys.len().saturating_sub(self.bounds.cap(kind));
+        let mut batch = self.db.batch();
+        for key in keys.iter().take(excess) {
+            batch.remove(&self.entries, key.clone());
+        }
+        if let Err(error) = batch.commit() {
+            tracing::warn!(%error, "timeline trim failed");
+        }
+        if let Some(tracked) = self.tracked.get_mut(p) {
+            tracked.n = keys.len() - excess;
+        }
+        metrics::counter!("longlink_timeline_trimmed_total").increment(excess as u64);
+    }
+
+    /// Deletes every entry older than `cutoff_ms`, bucket by bucket, oldest first.
+    fn prune(&mut self, cutoff_ms: i64) {
+        let mut batch = self.db.batch();
+        let mut removed = 0;
+        for item in self.index.iter() {
+            let Ok(key) = item.key() else { continue };
+            let Some(end) = key.get(..8).map(|b| i64::from_be_bytes(b.try_into().expect("8")))
+            else {
+                batch.remove(&self.index, key.clone());
+                continue;
+            };
+            if end > cutoff_ms || removed >= MAX_PRUNE {
+                break;
+            }
+            let p = &key[8..];
+            let mut gone = 0;
+            for entry in self.entries.prefix(p) {
+                let Ok(k) = entry.key() else { continue };
+                if at_ms(&k, p.len()).is_none_or(|at| at >= cutoff_ms) {
+                    break;
+                }
+                batch.remove(&self.entries, k);
+                gone += 1;
+            }
+            if let Some(tracked) = self.tracked.get_mut(p) {
+                tracked.n = tracked.n.saturating_sub(gone);
+            }
+            removed += gone;
+            batch.remove(&self.index, key.clone());
+        }
+        if let Err(error) = batch.commit() {
+            tracing::warn!(%error, "timeline prune failed");
+        }
+        metrics::counter!("longlink_timeline_pruned_total").increment(removed as u64);
+    }
+}
+
+fn at_ms(key: &[u8], prefix_len: usize) -> Option<i64> {
+    let bytes = key.get(prefix_len..prefix_len + 8)?;
+    Some(i64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The timelines a note is filed under. A device's timeline takes its own events and
+/// the failures of its deliveries, not every send and ack, which its messages' timelines
+/// hold.
+fn timelines(note: &Note) -> impl Iterator<Item = (Kind, &str)> {
+    let message = (!note.message_id.is_empty()).then_some((Kind::Message, &*note.message_id));
+    let request = (!note.request_id.is_empty()).then_some((Kind::Request, &*note.request_id));
+    let device = note
+        .device
+        .as_deref()
+        .filter(|_| note.message_id.is_empty() || !reason::is_routine(note.event))
+        .map(|d| (Kind::Device, d));
+    message.into_iter().chain(request).chain(device)
+}
