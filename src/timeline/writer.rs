@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, OwnedWriteBatch};
 
@@ -25,6 +25,11 @@ use crate::store::record;
 
 /// Notes per batch at most, so a barrier is answered promptly.
 const MAX_BATCH: usize = 4_096;
+/// How long the writer lets notes gather once one arrived. Recording wakes the writer
+/// only when it is parked, so this turns a wake-up (a futex call on the push path and a
+/// context switch) and a commit per note into one per batch: measured, most of the
+/// timeline's cost at 5,000 pushes/s was those wake-ups.
+const GATHER: Duration = Duration::from_millis(5);
 /// Timelines whose counts are kept; past it the map starts over.
 const MAX_TRACKED: usize = 16_384;
 /// Entries one prune tick deletes at most; the rest waits for the next tick.
@@ -80,6 +85,7 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             if let Some(first) = first {
+                std::thread::sleep(GATHER);
                 let mut ops = vec![first];
                 while ops.len() < MAX_BATCH {
                     match self.rx.try_recv() {
@@ -194,14 +200,14 @@ impl Writer {
 
     /// What is known of timeline `p`, counted from the store when it is not tracked yet.
     fn tracked(&mut self, kind: Kind, p: &[u8]) -> &mut Tracked {
-        if !self.tracked.contains_key(p) {
+        if self.tracked.get(p).is_none() {
             if self.tracked.len() >= MAX_TRACKED {
                 self.tracked.clear();
             }
             let n = if kind == Kind::Device { self.entries.prefix(p).count() } else { 0 };
-            self.tracked.insert(p.to_vec(), Tracked { n, ..Tracked::default() });
+            return self.tracked.entry(p.to_vec()).or_insert(Tracked { n, ..Tracked::default() });
         }
-        self.tracked.get_mut(p).expect("inserted above")
+        self.tracked.get_mut(p).expect("looked up above")
     }
 
     /// Deletes the oldest entries of timeline `p` beyond its cap.
