@@ -200,7 +200,7 @@ impl Writer {
 
     /// What is known of timeline `p`, counted from the store when it is not tracked yet.
     fn tracked(&mut self, kind: Kind, p: &[u8]) -> &mut Tracked {
-        if self.tracked.get(p).is_none() {
+        if !self.tracked.contains_key(p) {
             if self.tracked.len() >= MAX_TRACKED {
                 self.tracked.clear();
             }
