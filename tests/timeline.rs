@@ -471,3 +471,26 @@ fn cli(served: &support::child::Served, args: &[&str]) -> String {
     all.extend_from_slice(&args[1..]);
     served.run(&all)
 }
+
+/// Pushes streaming to an offline device leave one entry in its timeline, not one each,
+/// so its connection history stays; every message's own timeline still has its entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_do_not_push_a_device_history_out() {
+    let server = start_with(|c| c.timeline.device_entries = 10).await;
+    drop(server.device("away").await);
+    gone(&server, "away").await;
+    let mut router = server.router().await;
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let r = within(5, router.push(to(&["away"], Some(0)))).await.unwrap().into_inner();
+        ids.push(r.message_id);
+    }
+    let d = inspect(&server, "away", "").await;
+    let events: Vec<&str> = d.timeline.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(events, ["connected", "closed", "not_delivered"]);
+    assert!(d.verdict.starts_with("not connected since"), "{}", d.verdict);
+    for id in [&ids[0], &ids[49]] {
+        assert_eq!(reason_of(&trace(&server, id).await.timeline, "not_delivered"), Some("offline"));
+    }
+    server.stop().await;
+}
