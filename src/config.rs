@@ -315,7 +315,7 @@ impl Default for TimelineConfig {
             retention_secs: 3 * 86_400,
             device_entries: 200,
             message_entries: 4_096,
-            queue_max: 65_536,
+            queue_max: 4_096,
             prune_interval_secs: 60,
         }
     }

@@ -370,13 +370,13 @@ async fn timelines_are_capped_and_old_entries_are_pruned() {
     let on_disk = timeline.stored(Kind::Device, APP, "busy");
     assert!((8..=9).contains(&on_disk), "{on_disk} entries on disk for a cap of 8");
 
-    // A message to many devices keeps its newest entries only.
+    // A message sent to many devices keeps its newest entries only.
     let ids: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    let mut online = Vec::new();
     for id in &ids {
-        drop(server.device(id).await);
+        online.push(server.device(id).await.0);
     }
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    eventually(5, || server.node().hub.sessions.is_empty()).await;
     let request = PushRequest {
         target: Some(push_request::Target::Devices(Devices {
             device_ids: refs.iter().map(|s| s.to_string()).collect(),
@@ -387,7 +387,9 @@ async fn timelines_are_capped_and_old_entries_are_pruned() {
     let r = within(5, router.push(request)).await.unwrap().into_inner();
     let t = trace(&server, &r.message_id).await;
     assert_eq!(t.timeline.len(), 8);
+    assert!(t.timeline.iter().all(|e| e.event == "sent"), "the newest: sends, not accepted");
     assert!(timeline.stored(Kind::Message, APP, &r.message_id) <= 9);
+    drop(online);
 
     // Past the two-second window everything is gone from disk.
     within(15, async {
@@ -468,4 +470,27 @@ fn cli(served: &support::child::Served, args: &[&str]) -> String {
     let mut all = vec![args[0], "--api", &served.api];
     all.extend_from_slice(&args[1..]);
     served.run(&all)
+}
+
+/// Pushes streaming to an offline device leave one entry in its timeline, not one each,
+/// so its connection history stays; every message's own timeline still has its entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_do_not_push_a_device_history_out() {
+    let server = start_with(|c| c.timeline.device_entries = 10).await;
+    drop(server.device("away").await);
+    gone(&server, "away").await;
+    let mut router = server.router().await;
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let r = within(5, router.push(to(&["away"], Some(0)))).await.unwrap().into_inner();
+        ids.push(r.message_id);
+    }
+    let d = inspect(&server, "away", "").await;
+    let events: Vec<&str> = d.timeline.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(events, ["connected", "closed", "not_delivered"]);
+    assert!(d.verdict.starts_with("not connected since"), "{}", d.verdict);
+    for id in [&ids[0], &ids[49]] {
+        assert_eq!(reason_of(&trace(&server, id).await.timeline, "not_delivered"), Some("offline"));
+    }
+    server.stop().await;
 }

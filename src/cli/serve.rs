@@ -94,7 +94,9 @@ fn print_welcome(config: &Config, running: &Running) {
     }
     println!("  router API   {}", running.router_addr);
     if let Some(addr) = running.admin_addr {
-        println!("  admin HTTP   http://{addr}/healthz  /readyz  /metrics");
+        println!(
+            "  admin HTTP   http://{addr}/healthz  /readyz  /metrics  /api/device  /api/message"
+        );
     }
     if config.apps.is_empty() {
         let dir = config.data_dir.display();
@@ -108,5 +110,7 @@ fn print_welcome(config: &Config, running: &Running) {
             "  {bin} push --api {} --app demo --device phone-1 --title Hello --body World",
             running.router_addr
         );
+        println!("and to see what became of a message (its id, or its --request-id):");
+        println!("  {bin} trace --api {} --app demo --message ID", running.router_addr);
     }
 }

@@ -93,6 +93,7 @@ pub fn accepted(
         note.detail = format!("to {target}; {kind}, {ttl}");
         timeline.record(note);
     }
+    let mut groups: Vec<Group> = Vec::new();
     for result in results {
         let event = match result.result() {
             Wire::NotDelivered => "not_delivered",
@@ -100,15 +101,51 @@ pub fn accepted(
             Wire::Rejected => "rejected",
             _ => continue,
         };
-        let mut note = app_note(event, app).reason(result.reason.clone());
-        note.message_id = message.id.clone();
-        if event == "rejected" {
-            // The id may be what was wrong with it: it names no device timeline.
-            note.detail = format!("device id {:?}", truncate(&result.device_id, 64));
-        } else {
-            note.device = Some(result.device_id.as_str().into());
+        match groups.iter_mut().find(|g| g.event == event && g.reason == result.reason) {
+            Some(group) => group.devices.push(&result.device_id),
+            None => groups.push(Group {
+                event,
+                reason: &result.reason,
+                devices: vec![&result.device_id],
+            }),
         }
-        timeline.record(note);
+        // The id of a rejected device may be what was wrong with it: no timeline of its own.
+        if event != "rejected" {
+            let mut note = app_note(event, app).reason(result.reason.clone());
+            note.message_id = message.id.clone();
+            note.device = Some(result.device_id.as_str().into());
+            note.device_only = true;
+            timeline.record(note);
+        }
+    }
+    for group in groups {
+        timeline.record(group.note(app, &message.id));
+    }
+}
+
+/// Devices a push failed for in the same way: one entry in the message's timeline, so
+/// that a push to 1,000 offline devices writes one entry there, not 1,000.
+struct Group<'a> {
+    event: &'static str,
+    reason: &'a str,
+    devices: Vec<&'a str>,
+}
+
+impl Group<'_> {
+    fn note(&self, app: &Arc<str>, message_id: &str) -> Note {
+        let mut note = app_note(self.event, app).reason(self.reason);
+        note.message_id = message_id.to_string();
+        match self.devices.as_slice() {
+            [one] if self.event != "rejected" => note.device = Some((*one).into()),
+            many => {
+                let named: Vec<String> =
+                    many.iter().take(NAMED * 4).map(|d| format!("{:?}", truncate(d, 64))).collect();
+                let more = many.len().saturating_sub(NAMED * 4);
+                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                note.detail = format!("{} devices: {}{more}", many.len(), named.join(", "));
+            }
+        }
+        note
     }
 }
 

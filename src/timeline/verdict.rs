@@ -129,10 +129,16 @@ pub fn message(timeline: &[TimelineEntry]) -> Option<String> {
             None => last.push((&e.device_id, e)),
         }
     }
+    // Entries without a device: a refused push, or devices a push failed for alike.
     let mut failures: Vec<String> = timeline
         .iter()
-        .filter(|e| e.event == "rejected" && e.device_id.is_empty())
-        .map(failure)
+        .filter(|e| e.device_id.is_empty() && super::reason::is_failure(&e.event))
+        .map(|e| match e.detail.split_once(": ") {
+            Some((devices, _)) if !e.message_id.is_empty() => {
+                format!("{devices}: {}", failure(e))
+            }
+            _ => failure(e),
+        })
         .collect();
     failures.extend(
         last.iter()
