@@ -4,7 +4,9 @@
 //! handshake (`handshake`, `token`) and its frame loop (`frame`), the `hub` keeps the
 //! session table (`session`), each device's `mailbox` and the links (`link`) through
 //! which pushes from the router API (`router`) reach connections; `heartbeat` closes the
-//! silent ones; `server` starts and drains it all.
+//! silent ones; `server` starts and drains it all. `receipts` publishes what happens to
+//! deliveries and `timeline` keeps it, with every connection's story, for `inspect` and
+//! `trace`.
 
 pub mod admin;
 pub mod apps;

@@ -148,7 +148,8 @@ impl Writer {
                 },
                 _ => value.clone(),
             };
-            let mut key = p.clone();
+            let mut key = Vec::with_capacity(p.len() + 12);
+            key.extend_from_slice(&p);
             key.extend_from_slice(&note.at_ms.to_be_bytes());
             key.extend_from_slice(&counter.to_be_bytes());
             batch.insert(&self.entries, key, value);
@@ -181,8 +182,8 @@ impl Writer {
         Some(record::encode(&entry))
     }
 
-    /// Counts one more entry of timeline `p`; true when it just went over its cap and
-    /// its slack.
+    /// Counts one more entry of timeline `p`; true when it is over its cap and its slack
+    /// (also when it was before it was counted: a cap lowered between runs).
     fn track(&mut self, batch: &mut OwnedWriteBatch, kind: Kind, p: &[u8], at_ms: i64) -> bool {
         let bucket_end = (at_ms / self.bucket_ms + 1) * self.bucket_ms;
         let cap = self.bounds.cap(kind);
@@ -195,7 +196,7 @@ impl Writer {
             key.extend_from_slice(p);
             batch.insert(&index, key, Vec::new());
         }
-        tracked.n == cap + cap / 8 + 1
+        tracked.n > cap + cap / 8
     }
 
     /// What is known of timeline `p`, counted from the store when it is not tracked yet.
