@@ -229,3 +229,30 @@ fn accepting_survives_descriptor_exhaustion_without_spinning() {
     let complaints = log.matches("out of file descriptors").count();
     assert!((1..=3).contains(&complaints), "{complaints} exhaustion log lines in about 3 s");
 }
+
+/// `longlink client` acks broadcasts: a later client for the same device gets only what
+/// is newer.
+#[test]
+fn the_client_acks_broadcasts() {
+    let (served, _dir) = serve("");
+    let api = ["--api", served.api.as_str(), "--app", "demo", "--broadcast"];
+    let broadcast = |title: &str| {
+        let mut args = vec!["push"];
+        args.extend(api);
+        args.extend(["--title", title]);
+        serde_json::from_str::<serde_json::Value>(&run(&served, &args)).unwrap()
+    };
+    for (title, seq) in [("first", 1), ("second", 2)] {
+        let mut c = client(&served, "phone-b", &["--addr", &served.tcp, "--count", "1"]);
+        let out = Events::of(&mut c);
+        assert_eq!(out.take(1, 10)[0]["event"], "welcome");
+        let answer = broadcast(title);
+        assert_eq!(answer["broadcast"]["sent"], 1, "{answer}");
+        let got = out.take(1, 10);
+        assert_eq!(
+            (got[0]["broadcast_seq"].as_u64(), got[0]["title"].as_str()),
+            (Some(seq), Some(title))
+        );
+        assert!(wait_exit(&mut c, 10).expect("client exits after --count").success());
+    }
+}

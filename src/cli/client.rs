@@ -64,6 +64,8 @@ enum Next {
 /// What survives from one connection to the next.
 struct Progress {
     acked: u64,
+    /// The highest broadcast processed: reported in Hello, acked as it grows.
+    broadcast_cursor: u64,
     received: u64,
     seen: VecDeque<String>,
     seen_set: HashSet<String>,
@@ -71,8 +73,13 @@ struct Progress {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let endpoint = endpoint(&args).await?;
-    let mut progress =
-        Progress { acked: 0, received: 0, seen: VecDeque::new(), seen_set: HashSet::new() };
+    let mut progress = Progress {
+        acked: 0,
+        broadcast_cursor: 0,
+        received: 0,
+        seen: VecDeque::new(),
+        seen_set: HashSet::new(),
+    };
     let mut attempt = 0;
     loop {
         let next = session(&args, &endpoint, &mut progress, &mut attempt).await;
@@ -123,6 +130,7 @@ async fn session(
     };
     let hello = Hello {
         acked_seq: progress.acked,
+        broadcast_cursor: progress.broadcast_cursor,
         ..crate::client::hello(&args.app, &args.device, &args.token, args.heartbeat)
     };
     let welcome = match device.hello(hello).await {
@@ -180,6 +188,10 @@ async fn on_frame(
             if push.seq > 0 {
                 device.ack(push.seq).await?;
                 progress.acked = progress.acked.max(push.seq);
+            }
+            if push.broadcast_seq > 0 {
+                device.ack_broadcast(push.broadcast_seq).await?;
+                progress.broadcast_cursor = progress.broadcast_cursor.max(push.broadcast_seq);
             }
         }
         Some(server_frame::Frame::Missed(m)) => {

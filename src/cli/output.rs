@@ -17,6 +17,9 @@ pub fn push(p: &Push) -> Value {
         "created_at_ms": p.created_at_ms,
         "expires_at_ms": p.expires_at_ms,
     });
+    if p.broadcast_seq > 0 {
+        v["broadcast_seq"] = json!(p.broadcast_seq);
+    }
     if let Some(n) = &p.notification {
         v["title"] = json!(n.title);
         v["body"] = json!(n.body);
