@@ -494,3 +494,33 @@ async fn repeated_failures_do_not_push_a_device_history_out() {
     }
     server.stop().await;
 }
+
+/// One failed push leaves one entry in the device's timeline: the next, different
+/// failure is not told it stands for repeats that never happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_failure_is_filed_once_in_the_device_timeline() {
+    let server = start_with(|c| c.delivery.purge_interval_secs = 1).await;
+    drop(server.device("once").await);
+    gone(&server, "once").await;
+    let mut router = server.router().await;
+    within(5, router.push(to(&["once"], Some(0)))).await.unwrap();
+    within(5, router.push(to(&["once"], Some(1)))).await.unwrap();
+    let timeline = within(10, async {
+        loop {
+            let d = inspect(&server, "once", "").await;
+            if d.timeline.iter().any(|e| e.event == "expired") {
+                return d.timeline;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let failures: Vec<(&str, &str)> = timeline
+        .iter()
+        .filter(|e| e.event == "not_delivered" || e.event == "expired")
+        .map(|e| (e.event.as_str(), e.detail.as_str()))
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(failures.iter().all(|(_, detail)| !detail.contains("more like")), "{failures:?}");
+    server.stop().await;
+}

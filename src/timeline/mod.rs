@@ -59,6 +59,8 @@ pub struct Note {
     pub detail: String,
     /// Filed under its device's timeline only (its message's has it in a group entry).
     pub device_only: bool,
+    /// Filed under its message's timeline only (its device's has its own entry).
+    pub message_only: bool,
     /// Sorts first among the entries of its millisecond (accepted, which is recorded
     /// after the sends it caused but happened before them).
     pub first: bool,

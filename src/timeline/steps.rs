@@ -135,6 +135,7 @@ impl Group<'_> {
     fn note(&self, app: &Arc<str>, message_id: &str) -> Note {
         let mut note = app_note(self.event, app).reason(self.reason);
         note.message_id = message_id.to_string();
+        note.message_only = true;
         match self.devices.as_slice() {
             [one] if self.event != "rejected" => note.device = Some((*one).into()),
             many => {

@@ -279,6 +279,7 @@ fn timelines(note: &Note) -> impl Iterator<Item = (Kind, &str)> {
     let device = note
         .device
         .as_deref()
+        .filter(|_| !note.message_only)
         .filter(|_| note.message_id.is_empty() || !reason::is_routine(note.event))
         .map(|d| (Kind::Device, d));
     message.into_iter().chain(request).chain(device)
