@@ -524,3 +524,27 @@ async fn a_single_failure_is_filed_once_in_the_device_timeline() {
     assert!(failures.iter().all(|(_, detail)| !detail.contains("more like")), "{failures:?}");
     server.stop().await;
 }
+
+/// A broadcast's trace is its accepted entry, with what the fan-out did in numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_is_traced_with_its_counts() {
+    let server = start().await;
+    let (_online, _) = server.device("here").await;
+    drop(server.device("away").await);
+    gone(&server, "away").await;
+    let mut request = to(&["unused"], Some(0));
+    request.target = Some(longlink::proto::router::push_request::Target::Broadcast(
+        longlink::proto::router::Broadcast { new_devices: false },
+    ));
+    let mut router = server.router().await;
+    let id = within(5, router.push(request)).await.unwrap().into_inner().message_id;
+    let t = trace(&server, &id).await;
+    let accepted: Vec<&str> =
+        t.timeline.iter().filter(|e| e.event == "accepted").map(|e| e.detail.as_str()).collect();
+    assert_eq!(accepted.len(), 1, "{:?}", t.timeline);
+    assert!(
+        accepted[0].contains("seq 1: sent to 1, 0 to catch up, 1 not delivered"),
+        "{accepted:?}"
+    );
+    server.stop().await;
+}

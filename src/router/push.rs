@@ -109,10 +109,17 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
                 node.hub.preview_broadcast(app, &message)
             } else {
                 metrics::counter!("longlink_pushes_total", "result" => "broadcast").increment(1);
+                let fanout = node.hub.broadcast(app, message.clone(), broadcast.new_devices);
+                // A broadcast's timeline is this one entry: per-device steps would be one
+                // per device of the app (subscribers of Receipts still get them).
+                let target = format!(
+                    "{target}, seq {}: sent to {}, {} to catch up, {} not delivered",
+                    fanout.seq, fanout.sent, fanout.stored, fanout.not_delivered
+                );
                 let timeline = node.hub.receipts.timeline();
                 let id = &request.request_id;
                 crate::timeline::steps::accepted(timeline, app, id, &message, target, &[]);
-                node.hub.broadcast(app, message.clone(), broadcast.new_devices)
+                fanout
             };
             let broadcast = BroadcastResult {
                 broadcast_seq: fanout.seq,
