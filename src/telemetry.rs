@@ -154,6 +154,8 @@ fn register() {
     for name in [
         "longlink_heartbeat_timeouts_total",
         "longlink_acks_total",
+        "longlink_dry_runs_total",
+        "longlink_broadcasts_total",
         "longlink_slow_consumer_closes_total",
         "longlink_receipts_lost_total",
         "longlink_store_commits_total",
@@ -168,6 +170,11 @@ fn register() {
     }
     for reason in ["expired", "pending_cap", "collapsed"] {
         metrics::counter!("longlink_dropped_total", "reason" => reason).absolute(0);
+    }
+    let results = ["sent", "stored", "not_delivered", "unknown_device", "rejected"];
+    let others = ["payload_too_large", "idempotent_replay", "broadcast"];
+    for result in results.into_iter().chain(others) {
+        metrics::counter!("longlink_pushes_total", "result" => result).absolute(0);
     }
     for transport in ["tcp", "tls"] {
         metrics::counter!("longlink_handshakes_total", "transport" => transport).absolute(0);

@@ -39,6 +39,7 @@ async fn a_dry_run_answers_what_would_happen_and_changes_nothing() {
     let mut request = dry(notification(&ids, "would"));
     request.request_id = "retry-me".into();
     let answer = router.push(request.clone()).await.unwrap().into_inner();
+    assert_eq!(answer.message_id, "", "a dry run gives out no message id");
     assert_eq!(
         results(&answer.results),
         vec![

@@ -150,7 +150,11 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     };
     let mut client = connect(&args.api).await?;
     let response = client.push(request).await?.into_inner();
-    println!("{}", super::output::push_response(&response));
+    let mut answer = super::output::push_response(&response);
+    if args.dry_run {
+        answer["dry_run"] = serde_json::json!(true);
+    }
+    println!("{answer}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -127,7 +127,7 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
                 stored: fanout.stored,
                 not_delivered: fanout.not_delivered,
             };
-            let id = message.id.clone();
+            let id = if dry { String::new() } else { message.id.clone() };
             return Ok(PushResponse {
                 message_id: id,
                 results: vec![],
@@ -141,7 +141,8 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
         let id = &request.request_id;
         crate::timeline::steps::accepted(timeline, app, id, &message, target, &results);
     }
-    Ok(PushResponse { message_id: message.id.clone(), results, broadcast: None })
+    let message_id = if dry { String::new() } else { message.id.clone() };
+    Ok(PushResponse { message_id, results, broadcast: None })
 }
 
 fn to_devices(
