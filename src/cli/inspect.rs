@@ -4,9 +4,9 @@
 
 use std::process::ExitCode;
 
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+use super::push::status;
 use crate::proto::router::inspection_client::InspectionClient;
 use crate::proto::router::{InspectDeviceRequest, TraceMessageRequest};
 use crate::timeline::render;
@@ -49,11 +49,7 @@ type Client = InspectionClient<
 >;
 
 async fn connect(api: &super::push::Api) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(format!("http://{}", api.api))?.connect().await?;
-    let bearer = match &api.router_key {
-        Some(key) => Some(MetadataValue::try_from(format!("Bearer {key}"))?),
-        None => None,
-    };
+    let (channel, bearer) = (super::push::channel(api).await?, super::push::bearer(api)?);
     let intercept: Box<dyn FnMut(_) -> _ + Send> = Box::new(move |mut req: tonic::Request<()>| {
         if let Some(value) = &bearer {
             req.metadata_mut().insert("authorization", value.clone());
@@ -86,8 +82,4 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
         println!("{}", render::message_text(&response));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", s.message())
 }

@@ -114,11 +114,7 @@ async fn connect(
         tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>,
     >,
 > {
-    let channel = Channel::from_shared(format!("http://{}", api.api))?.connect().await?;
-    let bearer = match &api.router_key {
-        Some(key) => Some(MetadataValue::try_from(format!("Bearer {key}"))?),
-        None => None,
-    };
+    let (channel, bearer) = (channel(api).await?, bearer(api)?);
     Ok(RouterClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
         if let Some(value) = &bearer {
             req.metadata_mut().insert("authorization", value.clone());
@@ -127,7 +123,44 @@ async fn connect(
     }))
 }
 
+/// A connection to the router API, or an error that says where it looked.
+pub(super) async fn channel(api: &Api) -> anyhow::Result<Channel> {
+    let endpoint = Channel::from_shared(format!("http://{}", api.api))?;
+    endpoint.connect().await.map_err(|_| {
+        anyhow::anyhow!(
+            "cannot reach the router API at {} (is `longlink serve` running? its address is \
+             `router.addr`; set --api or LONGLINK_ROUTER__ADDR)",
+            api.api
+        )
+    })
+}
+
+/// The `authorization` value for the router key, when there is one.
+pub(super) fn bearer(api: &Api) -> anyhow::Result<Option<MetadataValue<tonic::metadata::Ascii>>> {
+    let key = api.router_key.as_ref();
+    Ok(key.map(|k| MetadataValue::try_from(format!("Bearer {k}"))).transpose()?)
+}
+
+/// A failed call as the server put it: a stable code, a colon, the details.
+pub(super) fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
 pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let notification = args.badge.is_none() && args.kind == "notification";
+    if notification && args.title.is_empty() && args.body.is_empty() {
+        anyhow::bail!("a notification needs --title or --body (or choose --kind badge or silent)");
+    }
+    if args.platform.is_some() && args.user.is_none() {
+        anyhow::bail!("--platform filters the devices of --user; it needs --user UID");
+    }
+    if args.kind == "badge" && args.badge.is_none() {
+        anyhow::bail!("--kind badge needs --badge N (the counter's new value)");
+    }
+    let text = !args.title.is_empty() || !args.body.is_empty();
+    if !notification && text {
+        anyhow::bail!("--title and --body are for notifications, not --kind {}", args.kind);
+    }
     let target = match (&args.user, args.devices.is_empty()) {
         _ if args.broadcast => {
             push_request::Target::Broadcast(Broadcast { new_devices: args.new_devices })
@@ -149,7 +182,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
     };
     let mut client = connect(&args.api).await?;
-    let response = client.push(request).await?.into_inner();
+    let response = client.push(request).await.map_err(status)?.into_inner();
     let mut answer = super::output::push_response(&response);
     if args.dry_run {
         answer["dry_run"] = serde_json::json!(true);
@@ -198,7 +231,7 @@ fn parse_platform(name: Option<&str>) -> anyhow::Result<Platform> {
 pub async fn presence(args: PresenceArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.api).await?;
     let request = PresenceRequest { app_id: args.app, device_ids: args.devices };
-    let response = client.presence(request).await?.into_inner();
+    let response = client.presence(request).await.map_err(status)?.into_inner();
     for device in &response.devices {
         println!("{}", super::output::presence(device));
     }
@@ -214,7 +247,7 @@ pub async fn kick(args: KickArgs) -> anyhow::Result<ExitCode> {
         reconnect: args.reconnect,
         message: args.message,
     };
-    let kicked = client.kick(request).await?.into_inner().kicked;
+    let kicked = client.kick(request).await.map_err(status)?.into_inner().kicked;
     println!("{}", serde_json::json!({ "kicked": kicked }));
     Ok(ExitCode::SUCCESS)
 }
@@ -223,9 +256,11 @@ pub async fn kick(args: KickArgs) -> anyhow::Result<ExitCode> {
 pub async fn receipts(args: ReceiptsArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.api).await?;
     let request = ReceiptsRequest { app_id: args.app, device_id: args.device };
-    let mut stream = client.receipts(request).await?.into_inner();
-    while let Some(event) = stream.message().await? {
+    let mut stream = client.receipts(request).await.map_err(status)?.into_inner();
+    while let Some(event) = stream.message().await.map_err(status)? {
         println!("{}", super::output::receipt(&event));
     }
+    let end = serde_json::json!({ "event": "end", "reason": "the server closed the stream" });
+    println!("{end}");
     Ok(ExitCode::SUCCESS)
 }

@@ -246,8 +246,13 @@ fn build(node: &Node, request: &PushRequest) -> Result<Message, Status> {
 fn check_kind(kind: PushKind, content: &crate::proto::router::Message) -> Result<(), Status> {
     let problem = match kind {
         PushKind::Unspecified => "kind is unset or unknown",
-        PushKind::Notification if content.notification.is_none() => {
-            "a notification needs notification fields"
+        PushKind::Notification
+            if content
+                .notification
+                .as_ref()
+                .is_none_or(|n| n.title.is_empty() && n.body.is_empty()) =>
+        {
+            "a notification needs a title or a body"
         }
         PushKind::Badge if content.badge.as_ref().is_none_or(|b| b.change.is_none()) => {
             "a badge needs badge.set or badge.add"
