@@ -9,7 +9,6 @@ use std::sync::Arc;
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::close::CloseReason;
 use crate::frame::{Decoder, FrameError};
@@ -21,6 +20,7 @@ use crate::proto::device::{
 };
 use crate::session::{DeviceKey, Session, Transport};
 use crate::stream::{Either, Stream};
+use crate::tls_stream::Acceptor;
 
 /// The protocol version this server speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -51,7 +51,7 @@ pub struct Failed {
 pub async fn run(
     node: &Arc<Node>,
     socket: TcpStream,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Acceptor>,
     deadline: tokio::time::Instant,
 ) -> Result<Established, Failed> {
     let timed_out = |stream| Failed { reason: CloseReason::HandshakeTimeout, stream };

@@ -36,4 +36,5 @@ pub mod store;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_stream;
 pub mod token;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The server's side of a device connection.
-pub type Stream = Either<tokio_rustls::server::TlsStream<TcpStream>>;
+pub type Stream = Either<crate::tls_stream::TlsStream>;
 
 /// The bundled client's side of a device connection.
 pub type ClientStream = Either<tokio_rustls::client::TlsStream<TcpStream>>;
