@@ -48,6 +48,9 @@ pub struct Failed {
 
 /// Runs the TLS handshake (if `tls` is set) and the protocol handshake, both before
 /// `deadline`. A timeout after TLS keeps the stream, so the app is told why.
+///
+/// Note: a deadline that passes while TLS itself is unfinished is counted as
+/// `handshake_timeout` but sends no frame: there is no TLS session yet to carry one.
 pub async fn run(
     node: &Arc<Node>,
     socket: TcpStream,

@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The server's side of a device connection.
+/// The server's side of a device connection (TLS through `tls_stream`, which keeps no
+/// buffer while the connection is idle).
 pub type Stream = Either<crate::tls_stream::TlsStream>;
 
 /// The bundled client's side of a device connection.
