@@ -27,8 +27,11 @@ use rustls::unbuffered::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+mod held;
 #[cfg(test)]
 mod tests;
+
+use held::Held;
 
 /// Ciphertext read per poll of the socket: a full-size record (16 KiB of payload plus
 /// rustls's largest overhead) fits in one read. Lives on the stack only while polled.
@@ -430,75 +433,4 @@ fn tls_error(error: rustls::Error) -> io::Error {
 
 fn not_established() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "TLS handshake not complete")
-}
-
-/// Bytes held for a while, consumed from the front, freed (capacity 0) once all are.
-#[derive(Default)]
-struct Held {
-    buf: Vec<u8>,
-    /// How far the front has been consumed.
-    at: usize,
-}
-
-impl Held {
-    fn is_empty(&self) -> bool {
-        self.at == self.buf.len()
-    }
-
-    fn len(&self) -> usize {
-        self.buf.len() - self.at
-    }
-
-    fn capacity(&self) -> usize {
-        self.buf.capacity()
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.at..]
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.at..]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.at += n;
-        debug_assert!(self.at <= self.buf.len());
-        if self.is_empty() {
-            *self = Held::default();
-        }
-    }
-
-    fn extend(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        self.compact();
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// Lets `fill` write into `room` new bytes at the end and keeps the `n` it reports.
-    fn append_with(
-        &mut self,
-        room: usize,
-        fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
-    ) -> io::Result<()> {
-        self.compact();
-        let start = self.buf.len();
-        self.buf.resize(start + room, 0);
-        let written = fill(&mut self.buf[start..]);
-        self.buf.truncate(start + *written.as_ref().unwrap_or(&0));
-        if self.is_empty() {
-            *self = Held::default();
-        }
-        written.map(|_| ())
-    }
-
-    /// Drops the consumed front, so appending never grows past what is still held.
-    fn compact(&mut self) {
-        if self.at > 0 {
-            self.buf.drain(..self.at);
-            self.at = 0;
-        }
-    }
 }
