@@ -298,7 +298,7 @@ impl Tls {
     ) -> io::Result<Processed> {
         let mut consumed = 0;
         loop {
-            let UnbufferedStatus { discard, state } =
+            let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut input[consumed..]);
             let state = match state {
                 Ok(state) => state,
@@ -308,6 +308,7 @@ impl Tls {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
                         let record = record.map_err(tls_error)?;
+                        discard += record.discard;
                         deliver(record.payload, &mut out, &mut self.plaintext);
                     }
                     None
