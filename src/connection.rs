@@ -17,7 +17,6 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, field};
 
 use crate::close::{CloseReason, Level};
@@ -29,6 +28,7 @@ use crate::node::{ConnectionGuard, Node};
 use crate::proto::device::ClientFrame;
 use crate::session::DeviceKey;
 use crate::stream::{Either, Stream};
+use crate::tls_stream::Acceptor;
 
 /// Bytes read per poll of the socket; lives on the stack only while polled.
 const READ_CHUNK: usize = 4096;
@@ -49,7 +49,7 @@ pub fn serve(
     node: Arc<Node>,
     socket: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Acceptor>,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static {
     let transport = if tls.is_some() { "tls" } else { "tcp" };
@@ -83,7 +83,7 @@ async fn open(
     node: Arc<Node>,
     socket: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Acceptor>,
     permit: OwnedSemaphorePermit,
 ) -> Option<Live> {
     let deadline = tokio::time::Instant::now() + node.settings.handshake_timeout;
@@ -99,7 +99,7 @@ async fn open(
 }
 
 /// Answers a connection refused at the handshake limit and closes it.
-pub async fn busy(node: Arc<Node>, socket: TcpStream, tls: Option<TlsAcceptor>) {
+pub async fn busy(node: Arc<Node>, socket: TcpStream, tls: Option<Acceptor>) {
     let reason = CloseReason::Busy { retry_after_ms: node.settings.busy_delay_ms() };
     let stream = match tls {
         None => Some(Either::Tcp(socket)),

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::close::CloseReason;
 use crate::frame::{Decoder, FrameError};
@@ -21,6 +20,7 @@ use crate::proto::device::{
 };
 use crate::session::{DeviceKey, Session, Transport};
 use crate::stream::{Either, Stream};
+use crate::tls_stream::Acceptor;
 
 /// The protocol version this server speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -48,10 +48,13 @@ pub struct Failed {
 
 /// Runs the TLS handshake (if `tls` is set) and the protocol handshake, both before
 /// `deadline`. A timeout after TLS keeps the stream, so the app is told why.
+///
+/// Note: a deadline that passes while TLS itself is unfinished is counted as
+/// `handshake_timeout` but sends no frame: there is no TLS session yet to carry one.
 pub async fn run(
     node: &Arc<Node>,
     socket: TcpStream,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Acceptor>,
     deadline: tokio::time::Instant,
 ) -> Result<Established, Failed> {
     let timed_out = |stream| Failed { reason: CloseReason::HandshakeTimeout, stream };

@@ -41,4 +41,5 @@ pub mod stream;
 pub mod telemetry;
 pub mod timeline;
 pub mod tls;
+pub mod tls_stream;
 pub mod token;

@@ -14,7 +14,6 @@ use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::apps::Apps;
 use crate::close::CloseReason;
@@ -26,6 +25,7 @@ use crate::node::{Node, Settings};
 use crate::router::{Inspection, InspectionServer, RouterServer, Service, auth::Keys};
 use crate::store::Store;
 use crate::timeline::Timeline;
+use crate::tls_stream::Acceptor;
 
 /// Pending connections the kernel may queue per device listener.
 const BACKLOG: u32 = 4096;
@@ -82,7 +82,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "" => None,
         addr => {
             let tls = crate::tls::server_config(&config.tls, &config.data_dir)?;
-            spawn_device(&node, addr, Some(TlsAcceptor::from(tls)), &stop_rx).await?
+            spawn_device(&node, addr, Some(Acceptor::new(tls)), &stop_rx).await?
         }
     };
     let router =
@@ -188,7 +188,7 @@ fn router_keys(config: &Config) -> anyhow::Result<Keys> {
 async fn spawn_device(
     node: &Arc<Node>,
     addr: &str,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Acceptor>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<SocketAddr>> {
     if addr.is_empty() {

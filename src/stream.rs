@@ -9,8 +9,9 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The server's side of a device connection.
-pub type Stream = Either<tokio_rustls::server::TlsStream<TcpStream>>;
+/// The server's side of a device connection (TLS through `tls_stream`, which keeps no
+/// buffer while the connection is idle).
+pub type Stream = Either<crate::tls_stream::TlsStream>;
 
 /// The bundled client's side of a device connection.
 pub type ClientStream = Either<tokio_rustls::client::TlsStream<TcpStream>>;
