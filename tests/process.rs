@@ -256,3 +256,19 @@ fn the_client_acks_broadcasts() {
         assert!(wait_exit(&mut c, 10).expect("client exits after --count").success());
     }
 }
+
+/// A command whose reader went away (`longlink ... | head -1`) ends quietly, with status
+/// 0, as a closed pipe ends any Unix tool.
+#[test]
+fn a_closed_stdout_pipe_ends_a_command_quietly() {
+    let (served, _dir) = serve("");
+    let script = format!("set -o pipefail; {BIN} token --app demo --device x | true");
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(served.dir.as_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -93,7 +93,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Duration::from_millis(ms)
             }
         };
-        println!("{}", json!({ "event": "reconnecting", "after_ms": delay.as_millis() as u64 }));
+        super::output::say(
+            json!({ "event": "reconnecting", "after_ms": delay.as_millis() as u64 }),
+        );
         tokio::time::sleep(delay).await;
     }
 }
@@ -138,15 +140,12 @@ async fn session(
         Err(error) => return failed(&error),
     };
     *attempt = 0;
-    println!(
-        "{}",
-        json!({
-            "event": "welcome",
-            "session_id": welcome.session_id,
-            "heartbeat_secs": welcome.heartbeat_secs,
-            "user_id": welcome.user_id,
-        })
-    );
+    super::output::say(json!({
+        "event": "welcome",
+        "session_id": welcome.session_id,
+        "heartbeat_secs": welcome.heartbeat_secs,
+        "user_id": welcome.user_id,
+    }));
     let mut heartbeat =
         tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1) as u64));
     heartbeat.tick().await;
@@ -181,7 +180,7 @@ async fn on_frame(
         Some(server_frame::Frame::Push(push)) => {
             let duplicate = progress.seen_set.contains(&push.message_id);
             if !duplicate {
-                println!("{}", super::output::push(&push));
+                super::output::say(super::output::push(&push));
                 progress.received += 1;
                 remember(progress, push.message_id.clone());
             }
@@ -195,10 +194,10 @@ async fn on_frame(
             }
         }
         Some(server_frame::Frame::Missed(m)) => {
-            println!("{}", json!({ "event": "missed", "count": m.count }));
+            super::output::say(json!({ "event": "missed", "count": m.count }));
         }
         Some(server_frame::Frame::Bound(b)) => {
-            println!("{}", json!({ "event": "bound", "user_id": b.user_id }));
+            super::output::say(json!({ "event": "bound", "user_id": b.user_id }));
         }
         _ => {}
     }
@@ -219,7 +218,7 @@ fn remember(progress: &mut Progress, id: String) {
 fn failed(error: &ClientError) -> Next {
     match error {
         ClientError::Kicked(kick) => {
-            println!("{}", super::output::kick(kick));
+            super::output::say(super::output::kick(kick));
             if kick.reason == KickReason::Replaced as i32 || !kick.reconnect {
                 Next::Stop(ExitCode::SUCCESS)
             } else if kick.reconnect_after_ms == 0 {
@@ -232,9 +231,8 @@ fn failed(error: &ClientError) -> Next {
         }
         ClientError::Refused(e) => {
             let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
-            println!(
-                "{}",
-                json!({ "event": "error", "code": code.as_str_name(), "message": e.message })
+            super::output::say(
+                json!({ "event": "error", "code": code.as_str_name(), "message": e.message }),
             );
             match code {
                 ErrorCode::Busy | ErrorCode::Draining => {
@@ -245,7 +243,7 @@ fn failed(error: &ClientError) -> Next {
             }
         }
         other => {
-            println!("{}", json!({ "event": "disconnected", "error": other.to_string() }));
+            super::output::say(json!({ "event": "disconnected", "error": other.to_string() }));
             Next::Backoff
         }
     }

@@ -65,9 +65,9 @@ pub async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         InspectDeviceRequest { app_id: args.app, device_id: args.device, user_id: args.user };
     let response = client.inspect_device(request).await.map_err(status)?.into_inner();
     if args.json {
-        println!("{}", render::device_json(&response));
+        super::output::say(render::device_json(&response));
     } else {
-        println!("{}", render::device_text(&response));
+        super::output::say(render::device_text(&response));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -77,9 +77,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let request = TraceMessageRequest { app_id: args.app, message_id: args.message };
     let response = client.trace_message(request).await.map_err(status)?.into_inner();
     if args.json {
-        println!("{}", render::message_json(&response));
+        super::output::say(render::message_json(&response));
     } else {
-        println!("{}", render::message_text(&response));
+        super::output::say(render::message_text(&response));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,5 @@
-//! JSON renderings of protocol messages for the command line: one object per line.
+//! JSON renderings of protocol messages for the command line: one object per line, and
+//! [`say`], which prints them.
 
 use serde_json::{Value, json};
 
@@ -6,6 +7,19 @@ use crate::proto::device::{
     DeviceReport, Kick, KickReason, Platform, Push, PushKind, VendorChannel, badge,
 };
 use crate::proto::router::{DevicePresence, Event, PushResponse, ReceiptEvent, Result as Wire};
+
+/// Prints one line on stdout. A reader that went away (`longlink trace ... | head`) ends
+/// the command quietly, as a closed pipe ends any Unix tool, rather than with a panic.
+pub fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        tracing::warn!(error = %e, "stdout write failed");
+    }
+}
 
 pub fn push(p: &Push) -> Value {
     let mut v = json!({

@@ -187,7 +187,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         answer["dry_run"] = serde_json::json!(true);
     }
-    println!("{answer}");
+    super::output::say(answer);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -233,7 +233,7 @@ pub async fn presence(args: PresenceArgs) -> anyhow::Result<ExitCode> {
     let request = PresenceRequest { app_id: args.app, device_ids: args.devices };
     let response = client.presence(request).await.map_err(status)?.into_inner();
     for device in &response.devices {
-        println!("{}", super::output::presence(device));
+        super::output::say(super::output::presence(device));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -248,7 +248,7 @@ pub async fn kick(args: KickArgs) -> anyhow::Result<ExitCode> {
         message: args.message,
     };
     let kicked = client.kick(request).await.map_err(status)?.into_inner().kicked;
-    println!("{}", serde_json::json!({ "kicked": kicked }));
+    super::output::say(serde_json::json!({ "kicked": kicked }));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -258,9 +258,9 @@ pub async fn receipts(args: ReceiptsArgs) -> anyhow::Result<ExitCode> {
     let request = ReceiptsRequest { app_id: args.app, device_id: args.device };
     let mut stream = client.receipts(request).await.map_err(status)?.into_inner();
     while let Some(event) = stream.message().await.map_err(status)? {
-        println!("{}", super::output::receipt(&event));
+        super::output::say(super::output::receipt(&event));
     }
     let end = serde_json::json!({ "event": "end", "reason": "the server closed the stream" });
-    println!("{end}");
+    super::output::say(end);
     Ok(ExitCode::SUCCESS)
 }

@@ -44,6 +44,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         iat: now,
         nbf: None,
     };
-    println!("{}", AppKey::hs256(secret.into_bytes()).sign(&claims));
+    super::output::say(AppKey::hs256(secret.into_bytes()).sign(&claims));
     Ok(ExitCode::SUCCESS)
 }

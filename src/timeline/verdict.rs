@@ -210,7 +210,7 @@ pub fn span(ms: i64) -> String {
 /// `2026-12-04 01:02:03.456` (UTC).
 pub fn clock(at_ms: i64) -> String {
     let (date, time) = civil(at_ms);
-    format!("{date} {time}")
+    format!("{date} {time} UTC")
 }
 
 /// UTC date and time of day (`HH:MM:SS.mmm`) of a Unix time in milliseconds.
@@ -251,9 +251,9 @@ mod tests {
 
     #[test]
     fn dates_and_spans_read_right() {
-        assert_eq!(clock(0), "1970-01-01 00:00:00.000");
-        assert_eq!(clock(951_782_400_000), "2000-02-29 00:00:00.000");
-        assert_eq!(clock(1_796_346_123_456), "2026-12-04 01:02:03.456");
+        assert_eq!(clock(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(clock(951_782_400_000), "2000-02-29 00:00:00.000 UTC");
+        assert_eq!(clock(1_796_346_123_456), "2026-12-04 01:02:03.456 UTC");
         assert_eq!(span(7_200_000), "2h");
         assert_eq!(span(90_000), "1m");
         assert_eq!(span(3 * 86_400_000), "3d");
