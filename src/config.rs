@@ -46,7 +46,8 @@ pub struct DeviceConfig {
     pub max_frame_bytes: usize,
     /// Largest inbound frame before authentication, in bytes.
     pub max_hello_frame_bytes: usize,
-    /// Largest message payload (title + body + data) a push may carry, in bytes.
+    /// Largest message payload (title, body, click action and data together) a push may
+    /// carry, in bytes.
     pub max_payload_bytes: usize,
     /// Connections this node is sized for. Only used to warn at start when the
     /// open-file limit cannot hold them.
@@ -128,7 +129,8 @@ pub struct RouterKey {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// HTTP listener for `/healthz`, `/readyz` and `/metrics`; empty string disables it.
+    /// HTTP listener for `/healthz`, `/readyz`, `/metrics`, the status page and the
+    /// timeline lookups; empty string disables it.
     pub addr: String,
 }
 

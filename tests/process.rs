@@ -272,3 +272,16 @@ fn a_closed_stdout_pipe_ends_a_command_quietly() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A plain client pointed at the TLS port is told to use TLS, and stops.
+#[test]
+fn a_plain_client_on_the_tls_port_is_told_to_use_tls() {
+    let (served, _dir) = serve("");
+    let mut c = client(&served, "phone-t", &["--addr", &served.tls]);
+    let out = Events::of(&mut c);
+    let events = out.take(1, 10);
+    let message = events[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("add --tls"), "{events:?}");
+    let status = wait_exit(&mut c, 10).expect("the client stops");
+    assert_eq!(status.code(), Some(2));
+}

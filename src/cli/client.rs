@@ -14,6 +14,7 @@ use rustls::pki_types::ServerName;
 use serde_json::json;
 
 use crate::client::{ClientError, Device, Endpoint, backoff_ms};
+use crate::frame::FrameError;
 use crate::proto::device::{ErrorCode, Hello, KickReason, ServerFrame, server_frame};
 
 const BACKOFF_BASE_MS: u64 = 500;
@@ -241,6 +242,15 @@ fn failed(error: &ClientError) -> Next {
                 // Reconnecting with the same token or the same build cannot help.
                 _ => Next::Stop(ExitCode::from(2)),
             }
+        }
+        // A TLS record (alert 0x15, handshake 0x16) read as a length prefix: the port
+        // speaks TLS. Retrying in plain text cannot help.
+        ClientError::Frame(FrameError::TooLarge { declared, .. })
+            if matches!(declared >> 24, 0x15 | 0x16) =>
+        {
+            let hint = "the server speaks TLS on this port: add --tls (and --ca)";
+            super::output::say(json!({ "event": "error", "message": hint }));
+            Next::Stop(ExitCode::from(2))
         }
         other => {
             super::output::say(json!({ "event": "disconnected", "error": other.to_string() }));

@@ -95,7 +95,8 @@ fn print_welcome(config: &Config, running: &Running) {
     println!("  router API   {}", running.router_addr);
     if let Some(addr) = running.admin_addr {
         println!(
-            "  admin HTTP   http://{addr}/healthz  /readyz  /metrics  /api/device  /api/message"
+            "  admin HTTP   http://{addr}/ (status page)  /healthz  /readyz  /metrics  /api/status  \
+             /api/device  /api/message"
         );
     }
     if config.apps.is_empty() {

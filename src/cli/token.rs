@@ -14,7 +14,7 @@ pub struct Args {
     /// User to bind the device to.
     #[arg(long)]
     user: Option<String>,
-    /// Validity from now, in seconds.
+    /// Validity from now, in seconds (the server allows 60 s of clock skew past it).
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     valid_for: i64,
     /// Data directory holding generated app keys.
