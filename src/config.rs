@@ -392,6 +392,13 @@ impl Config {
         addr("device.tls_addr", &self.device.tls_addr, true);
         addr("router.addr", &self.router.addr, false);
         addr("admin.addr", &self.admin.addr, true);
+        let exposed = self.router.addr.parse::<SocketAddr>().is_ok_and(|a| !a.ip().is_loopback());
+        if exposed && self.router.keys.is_empty() {
+            errors.push(format!(
+                "router.addr: `{}` is not loopback, which needs a router key ([[router.keys]])",
+                self.router.addr
+            ));
+        }
         if self.device.tcp_addr.is_empty() && self.device.tls_addr.is_empty() {
             errors.push("device: at least one of tcp_addr and tls_addr must be set".into());
         }
@@ -569,6 +576,9 @@ mod tests {
         ];
         let err = Config::load(Some(&file), env).unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
+        let env = [("LONGLINK_ROUTER__ADDR".to_string(), "0.0.0.0:7101".to_string())];
+        let err = Config::load(Some(&file), env).unwrap_err();
+        assert!(err.to_string().contains("needs a router key"), "{err}");
     }
 
     /// The documented example must stay loadable and equal to the defaults.
