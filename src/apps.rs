@@ -79,5 +79,6 @@ fn read_or_create_key(path: &Path) -> anyhow::Result<String> {
         .open(path)
         .with_context(|| format!("creating key file {}", path.display()))?;
     writeln!(file, "{secret}")?;
+    tracing::info!(path = %path.display(), "generated an app key (sign device tokens with it)");
     Ok(secret)
 }

@@ -94,6 +94,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             let bound = listener.local_addr()?;
+            tracing::info!(addr = %bound, "admin HTTP listening (status page, metrics, health)");
             tokio::spawn(crate::admin::run(node.clone(), listener, drained_rx));
             Some(bound)
         }
