@@ -4,7 +4,7 @@
 
 mod client;
 mod inspect;
-mod output;
+pub mod output;
 mod push;
 mod serve;
 mod token;

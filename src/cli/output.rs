@@ -21,6 +21,19 @@ pub fn say(line: impl std::fmt::Display) {
     }
 }
 
+/// A protobuf enum value's name as the command line spells it: `KICK_REASON_OPERATOR`
+/// is `operator`.
+fn name(full: &str, prefix: &str) -> String {
+    full.trim_start_matches(prefix).to_ascii_lowercase()
+}
+
+/// A platform as `--platform` spells it (`android`, `ios`, `harmony`, `web`), or
+/// `unspecified`; every JSON output uses this spelling.
+pub fn platform_name(platform: i32) -> String {
+    let platform = Platform::try_from(platform).unwrap_or(Platform::Unspecified);
+    name(platform.as_str_name(), "PLATFORM_")
+}
+
 pub fn push(p: &Push) -> Value {
     let mut v = json!({
         "event": "push",
@@ -70,7 +83,7 @@ pub fn kick(k: &Kick) -> Value {
     let reason = KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified);
     json!({
         "event": "kick",
-        "reason": reason.as_str_name(),
+        "reason": name(reason.as_str_name(), "KICK_REASON_"),
         "reconnect": k.reconnect,
         "reconnect_after_ms": k.reconnect_after_ms,
     })
@@ -115,13 +128,12 @@ pub fn presence(p: &DevicePresence) -> Value {
     if !p.known {
         return json!({ "device_id": p.device_id, "known": false, "online": false });
     }
-    let platform = Platform::try_from(p.platform).unwrap_or(Platform::Unspecified);
     let mut v = json!({
         "device_id": p.device_id,
         "known": true,
         "online": p.online,
         "last_seen_ms": p.last_seen_ms,
-        "platform": platform.as_str_name(),
+        "platform": platform_name(p.platform),
         "app_version": p.app_version,
         "user_id": p.user_id,
     });
@@ -151,7 +163,7 @@ fn report(r: &DeviceReport) -> Value {
 
 pub fn receipt(e: &ReceiptEvent) -> Value {
     let event = Event::try_from(e.event).unwrap_or(Event::Unspecified);
-    let name = event.as_str_name().trim_start_matches("EVENT_").to_ascii_lowercase();
+    let name = name(event.as_str_name(), "EVENT_");
     let mut v = json!({ "event": name, "app_id": e.app_id, "at_ms": e.at_ms });
     if event == Event::Lost {
         v["lost"] = json!(e.lost);

@@ -38,7 +38,7 @@ pub fn device_json(r: &InspectDeviceResponse) -> Value {
         "device_id": r.device_id,
         "known": p.known,
         "online": p.online,
-        "platform": platform(p.platform).unwrap_or(""),
+        "platform": crate::cli::output::platform_name(p.platform),
         "app_version": p.app_version,
         "user_id": p.user_id,
         "last_seen_ms": p.last_seen_ms,
