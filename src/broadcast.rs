@@ -120,6 +120,15 @@ impl Broadcasts {
         log.entries.range(start..).take_while(|e| e.seq <= to).cloned().collect()
     }
 
+    /// How many entries of the app in `(from, to]` are for a device first seen at
+    /// `floor`: the broadcasts a link written up to `to` has in flight when acked to `from`.
+    pub fn count(&self, app: &str, from: u64, to: u64, floor: u64) -> usize {
+        let apps = self.apps.read();
+        let Some(log) = apps.get(app) else { return 0 };
+        let start = log.entries.partition_point(|e| e.seq <= from);
+        log.entries.range(start..).take_while(|e| e.seq <= to).filter(|e| e.is_for(floor)).count()
+    }
+
     /// Takes one entry out of the log (a TTL-0 broadcast once its fan-out is done).
     pub fn remove(&self, app: &str, seq: u64) {
         if let Some(log) = self.apps.write().get_mut(app) {

@@ -55,7 +55,7 @@ pub struct DeviceConfig {
     /// Handshakes in progress at once; connections beyond it get `Error(BUSY)` with a
     /// retry delay instead of waiting.
     pub max_handshakes: usize,
-    /// Costly inbound frames (Report, Bind, Unbind, Ack with message ids) per second one
+    /// Costly inbound frames (Report, Bind, Unbind, Receipt, Ack with message ids) per second one
     /// connection may send; past it the connection is closed with `RATE_LIMITED`. Pings
     /// and cumulative acks are not counted.
     pub max_frames_per_sec: u32,

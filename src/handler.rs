@@ -13,11 +13,12 @@ use crate::timeline::steps;
 /// Message ids one `Ack` may list (the protocol's documented limit).
 const MAX_ACK_IDS: usize = 256;
 
-/// Frames that write to the store or scan a mailbox, which the per-connection budget counts.
+/// Frames that write to the store or the timeline, or scan a mailbox, which the
+/// per-connection budget counts.
 pub fn costly(frame: &ClientFrame) -> bool {
     use client_frame::Frame;
     match &frame.frame {
-        Some(Frame::Report(_) | Frame::Bind(_) | Frame::Unbind(_)) => true,
+        Some(Frame::Report(_) | Frame::Bind(_) | Frame::Unbind(_) | Frame::Receipt(_)) => true,
         Some(Frame::Ack(ack)) => !ack.message_ids.is_empty(),
         _ => false,
     }
@@ -111,7 +112,7 @@ impl Handler<'_> {
         let (_, key) = apps.get(&self.key.app).ok_or(CloseReason::UnknownApp)?;
         let refused = |reason: CloseReason| {
             let timeline = self.node.hub.receipts.timeline();
-            steps::token_rejected(timeline, self.key, reason, self.link.session_id);
+            steps::token_rejected(timeline, self.key, reason, self.link.session_id, true);
             reason
         };
         let claims = key

@@ -162,7 +162,9 @@ fn authenticate(
     }
     let device = DeviceKey { app, device: hello.device_id.as_str().into() };
     let refused = |reason: CloseReason| {
-        crate::timeline::steps::token_rejected(node.hub.receipts.timeline(), &device, reason, 0);
+        let known = node.hub.with_device(&device, |_| ()).is_some();
+        let timeline = node.hub.receipts.timeline();
+        crate::timeline::steps::token_rejected(timeline, &device, reason, 0, known);
         reason
     };
     let claims = key

@@ -229,6 +229,8 @@ impl Hub {
             if r.missed > 0 {
                 device.mailbox().restore_missed(r.missed);
             }
+            // A device acked up to here, so the app gave out at least this many.
+            self.broadcasts.raise(&app, r.broadcast_acked);
             let user = (!r.user_id.is_empty()).then(|| Arc::from(r.user_id.as_str()));
             self.rebind(&key, &mut device, user);
             self.devices.insert(key, device);
@@ -283,7 +285,7 @@ impl Hub {
             None => self.sessions.opened(&key.app, transport),
         }
         self.pump(key, &mut device, &link);
-        self.pump_broadcasts(key, &mut device, &link, None);
+        self.pump_broadcasts(key, &mut device, &link, Occasion::Connect);
     }
 
     /// Ends session `session_id` of the device, unless a newer session replaced it.
@@ -374,9 +376,13 @@ impl Hub {
         let live = device.live.as_ref().map(|s| s.link.clone());
         if broadcast_cursor > device.cursor.acked {
             self.ack_broadcasts(key, &mut device, broadcast_cursor);
-            if let Some(link) = &live {
-                self.pump_broadcasts(key, &mut device, link, None);
-            }
+        }
+        // Also after an ack of messages only: a catch-up that stopped on a full queue
+        // goes on once the device has read some of it.
+        if let Some(link) = &live
+            && device.cursor.scanned < self.broadcasts.last_seq(&key.app)
+        {
+            self.pump_broadcasts(key, &mut device, link, Occasion::Ack);
         }
         let Some(mailbox) = device.mailbox.as_mut() else { return 0 };
         let mut released = mailbox.ack(upto);
@@ -520,7 +526,7 @@ impl Hub {
         let mut expired = Vec::new();
         let now = crate::clock::unix_ms();
         if let Some(out) = device.mailbox().next(usize::MAX, now, &mut expired) {
-            self.hand(key, link, &out);
+            self.hand(key, link, &out, false);
         }
         self.expire(key, &expired);
     }
@@ -535,9 +541,12 @@ impl Hub {
         let now = crate::clock::unix_ms();
         let mut expired = Vec::new();
         while let Some(out) = device.mailbox().next(self.limits.send_window, now, &mut expired) {
-            if self.hand(key, link, &out) != Sent::Queued {
-                break;
+            match self.hand(key, link, &out, true) {
+                Sent::Queued => continue,
+                Sent::Full => device.mailbox().unsend(&out),
+                Sent::Overflow | Sent::Closing => {}
             }
+            break;
         }
         self.expire(key, &expired);
     }
@@ -551,9 +560,12 @@ impl Hub {
         }
     }
 
-    /// Queues one message on the link and tells subscribers it was sent.
-    fn hand(&self, key: &DeviceKey, link: &Link, out: &Outgoing) -> Sent {
-        let sent = self.write(link, out.message.frame(out.seq, out.redelivery));
+    /// Queues one message on the link (as part of a replay: see [`Link::offer`]) and
+    /// tells subscribers it was sent.
+    fn hand(&self, key: &DeviceKey, link: &Link, out: &Outgoing, replay: bool) -> Sent {
+        let frame = out.message.frame(out.seq, out.redelivery);
+        let sent =
+            if replay { link.offer(frame, self.limits.outbound) } else { self.write(link, frame) };
         if sent == Sent::Queued {
             let reason = if out.redelivery { "redelivery" } else { "" };
             self.receipts.emit_on(
@@ -618,5 +630,6 @@ fn count_dropped(reason: &'static str, n: usize) {
 
 mod fanout;
 pub use fanout::Fanout;
+use fanout::Occasion;
 #[cfg(test)]
 mod tests;

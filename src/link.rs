@@ -31,6 +31,8 @@ pub enum Sent {
     Overflow,
     /// The connection was already closing; the frame was dropped.
     Closing,
+    /// [`Link::offer`] only: the queue has no room for a replay right now; nothing changed.
+    Full,
 }
 
 #[derive(Debug)]
@@ -81,6 +83,27 @@ impl Link {
             drop(outbox);
             self.waker.wake();
             return Sent::Overflow;
+        }
+        outbox.bytes += frame.len();
+        outbox.frames.push_back(frame);
+        drop(outbox);
+        self.waker.wake();
+        Sent::Queued
+    }
+
+    /// Queues `frame` as part of a replay (a backlog or a broadcast catch-up): only while
+    /// the queue holds less than half its bound, so that live pushes keep the other half,
+    /// and never by closing the connection. An empty queue always takes one frame, so a
+    /// replay always moves. `Full` means try again once the device acks what it has.
+    pub fn offer(&self, frame: Bytes, limits: OutboundLimits) -> Sent {
+        let mut outbox = self.outbox.lock();
+        if outbox.close.is_some() {
+            return Sent::Closing;
+        }
+        let room = outbox.frames.len() < limits.max_frames / 2
+            && outbox.bytes + frame.len() <= limits.max_bytes / 2;
+        if !room && !outbox.frames.is_empty() {
+            return Sent::Full;
         }
         outbox.bytes += frame.len();
         outbox.frames.push_back(frame);

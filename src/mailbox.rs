@@ -207,6 +207,16 @@ impl Mailbox {
         }
     }
 
+    /// Takes back `out`, which [`Mailbox::next`] gave but the link could not take: it is
+    /// the next to hand again, with the redelivery flag it had.
+    pub fn unsend(&mut self, out: &Outgoing) {
+        let at = self.pending.partition_point(|p| p.seq < out.seq);
+        if let Some(p) = self.pending.get_mut(at).filter(|p| p.seq == out.seq) {
+            p.handed = out.redelivery;
+        }
+        self.sent_upto = at.checked_sub(1).map_or(self.acked, |i| self.pending[i].seq);
+    }
+
     /// Releases every expired message; returns them.
     pub fn purge(&mut self, now_ms: i64) -> Vec<Removed> {
         let mut expired = Vec::new();

@@ -63,18 +63,29 @@ impl Requests {
         **slot = Some(answer);
     }
 
-    /// Forgets answers past their retention; returns how many.
+    /// Request ids with a slot (answered, or being answered).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Forgets answers past their retention, and the slots of pushes that were refused
+    /// (no answer to remember, no attempt in progress); returns how many answers.
     pub fn purge(&self, store: &Store, now_ms: i64) -> usize {
         let mut gone = Vec::new();
         self.slots.retain(|(app, id), slot| {
-            let expired = slot
-                .try_lock()
-                .map(|a| a.as_ref().is_some_and(|a| a.expires_at_ms <= now_ms))
-                .unwrap_or(false);
-            if expired {
-                gone.push(device_key(app, id));
+            let Ok(answer) = slot.try_lock() else { return true };
+            match answer.as_ref() {
+                None => false,
+                Some(a) if a.expires_at_ms <= now_ms => {
+                    gone.push(device_key(app, id));
+                    false
+                }
+                Some(_) => true,
             }
-            !expired
         });
         let n = gone.len();
         for key in gone {

@@ -110,10 +110,12 @@ impl SessionCounts {
     }
 
     fn count(&self, app: &Arc<str>, transport: Transport, delta: i64) {
+        // The gauge moves by the same delta rather than being set to a total read a
+        // moment earlier: two racing updates could otherwise leave the older total.
         let update = |counts: &[(AtomicI64, metrics::Gauge); 2]| {
             let (n, gauge) = &counts[transport as usize];
-            let total = n.fetch_add(delta, Ordering::Relaxed) + delta;
-            gauge.set(total as f64);
+            n.fetch_add(delta, Ordering::Relaxed);
+            gauge.increment(delta as f64);
         };
         match self.online.get(app.as_ref()) {
             Some(entry) => update(&entry),

@@ -24,6 +24,17 @@ use crate::store::{Loaded, Space};
 /// Log entries read at a time during a catch-up.
 const BATCH: usize = 64;
 
+/// Why a device's broadcasts are being handed out.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Occasion<'a> {
+    /// The fan-out of this broadcast.
+    Fanout(&'a Entry),
+    /// The device acked something: a catch-up may go on.
+    Ack,
+    /// A new link: the catch-up from the device's cursor.
+    Connect,
+}
+
 /// What one broadcast did, in devices.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Fanout {
@@ -47,7 +58,10 @@ impl Hub {
             self.store.delete(Space::Broadcasts, broadcast_key(app, old.seq));
         }
         let ephemeral = entry.message.ephemeral;
-        if !ephemeral {
+        if ephemeral {
+            // Not kept, but its seq was given out: a restart must continue above it.
+            self.persist_broadcast_seq(app, self.broadcasts.last_seq(app));
+        } else {
             self.persist_broadcast(app, &entry);
         }
         let mut fanout = Fanout { seq: entry.seq, ..Fanout::default() };
@@ -57,7 +71,7 @@ impl Hub {
                 continue;
             }
             if let Some(link) = device.open_link() {
-                self.pump_broadcasts(key, device, &link, Some(&entry));
+                self.pump_broadcasts(key, device, &link, Occasion::Fanout(&entry));
             }
             if device.cursor.scanned >= entry.seq {
                 fanout.sent += 1;
@@ -112,26 +126,29 @@ impl Hub {
     }
 
     /// Hands the link the device's broadcasts after its cursor, while fewer than the
-    /// send window are in flight. `live` is the broadcast being fanned out: a device that
-    /// has had everything before it gets it without a read of the log, and TTL-0
-    /// broadcasts go out only this way (now or never).
+    /// send window are in flight. In a fan-out, a device that has had everything before
+    /// the broadcast gets it without a read of the log. A TTL-0 broadcast is for the
+    /// devices online when it is sent: a device catching up as it connects skips it.
     pub(super) fn pump_broadcasts(
         &self,
         key: &DeviceKey,
         device: &mut Device,
         link: &Link,
-        live: Option<&Entry>,
+        occasion: Occasion<'_>,
     ) {
-        let window = self.limits.send_window as u64;
+        let window = self.limits.send_window;
         let c = &mut device.cursor;
-        if let Some(entry) = live
+        if let Occasion::Fanout(entry) = occasion
             && c.scanned >= entry.prev
             && c.scanned < entry.seq
-            && c.written.saturating_sub(c.acked) < window
+            && c.written.saturating_sub(c.acked) < window as u64
         {
-            self.write_broadcast(key, c, link, entry);
+            self.write_broadcast(key, c, link, entry, false);
             return;
         }
+        // Seqs have gaps (dropped at the cap, expired, not for this device), so what is
+        // in flight is counted in the log, not read off the seqs.
+        let mut in_flight = self.broadcasts.count(&key.app, c.acked, c.written, c.floor);
         let now = crate::clock::unix_ms();
         loop {
             let batch = self.broadcasts.after(&key.app, c.scanned, BATCH);
@@ -139,18 +156,19 @@ impl Hub {
                 return;
             }
             for entry in &batch {
-                if c.written.saturating_sub(c.acked) >= window {
+                if in_flight >= window {
                     return;
                 }
                 let expired = entry.message.expires_at_ms.is_some_and(|t| t <= now);
-                let too_late = entry.message.ephemeral && live.is_none_or(|l| l.seq != entry.seq);
+                let too_late = entry.message.ephemeral && matches!(occasion, Occasion::Connect);
                 if expired || too_late || !entry.is_for(c.floor) {
                     c.scanned = entry.seq;
                     continue;
                 }
-                if !self.write_broadcast(key, c, link, entry) {
+                if !self.write_broadcast(key, c, link, entry, true) {
                     return;
                 }
+                in_flight += 1;
             }
         }
     }
@@ -205,15 +223,28 @@ impl Hub {
         }
     }
 
-    /// Queues one broadcast on the link; false when the link would not take it.
-    fn write_broadcast(&self, key: &DeviceKey, c: &mut Cursor, link: &Link, entry: &Entry) -> bool {
+    /// Queues one broadcast on the link (as part of a catch-up: see [`Link::offer`]);
+    /// false when the link would not take it.
+    fn write_broadcast(
+        &self,
+        key: &DeviceKey,
+        c: &mut Cursor,
+        link: &Link,
+        entry: &Entry,
+        catch_up: bool,
+    ) -> bool {
         let redelivery = entry.seq <= c.handed;
         let frame = if redelivery {
             entry.message.broadcast_frame(entry.seq, true)
         } else {
             entry.frame.clone()
         };
-        if self.write(link, frame) != Sent::Queued {
+        let sent = if catch_up {
+            link.offer(frame, self.limits.outbound)
+        } else {
+            self.write(link, frame)
+        };
+        if sent != Sent::Queued {
             return false;
         }
         c.scanned = entry.seq;

@@ -20,13 +20,14 @@ use crate::session::DeviceKey;
 pub const MAX_DEVICES: usize = 1000;
 
 pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Status> {
-    if request.request_id.is_empty() {
-        let response = prepare(node, request)?;
-        return durable(node, response).await;
-    }
     let app = super::known_app(node, &request.app_id)?;
     if request.request_id.len() > 128 || request.request_id.contains('\0') {
         return Err(Status::invalid_argument("bad_request_id: 1 to 128 bytes, without NUL"));
+    }
+    // A dry run takes no idempotency slot: it is answered as a first attempt would be.
+    if request.request_id.is_empty() || request.dry_run {
+        let response = checked(node, &app, request)?;
+        return durable(node, response).await;
     }
     let id = request.request_id.clone();
     let mut slot = node.requests.slot(&app, &id).await;
@@ -34,11 +35,7 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
         metrics::counter!("longlink_pushes_total", "result" => "idempotent_replay").increment(1);
         return Ok(first.response.clone());
     }
-    let dry_run = request.dry_run;
     let response = checked(node, &app, request)?;
-    if dry_run {
-        return Ok(response);
-    }
     let retention = node.settings.max_ttl_secs as i64 * 1000;
     let answer = Answer { expires_at_ms: crate::clock::unix_ms() + retention, response };
     node.requests.remember(&mut slot, node.hub.store(), &app, &id, answer.clone());
@@ -156,10 +153,10 @@ fn to_devices(
     ids.into_iter()
         .map(|id| {
             if id.is_empty() || id.len() > 128 || id.contains('\0') {
-                return rejected(id, "invalid_device_id");
+                return rejected(id, "invalid_device_id", dry);
             }
             if !seen.insert(id.clone()) {
-                return rejected(id, "duplicate_device_id");
+                return rejected(id, "duplicate_device_id", dry);
             }
             to_one(node, DeviceKey { app: app.clone(), device: id.into() }, message, dry)
         })
@@ -188,8 +185,10 @@ fn to_one(node: &Node, key: DeviceKey, message: &Arc<Message>, dry: bool) -> Dev
     }
 }
 
-fn rejected(device_id: String, reason: &str) -> DeviceResult {
-    metrics::counter!("longlink_pushes_total", "result" => "rejected").increment(1);
+fn rejected(device_id: String, reason: &str, dry: bool) -> DeviceResult {
+    if !dry {
+        metrics::counter!("longlink_pushes_total", "result" => "rejected").increment(1);
+    }
     DeviceResult { device_id, result: Wire::Rejected as i32, seq: 0, reason: reason.into() }
 }
 
@@ -215,7 +214,10 @@ fn build(node: &Node, request: &PushRequest) -> Result<Message, Status> {
     }
     let limit = node.settings.max_payload_bytes;
     if size > limit {
-        metrics::counter!("longlink_pushes_total", "result" => "payload_too_large").increment(1);
+        if !request.dry_run {
+            metrics::counter!("longlink_pushes_total", "result" => "payload_too_large")
+                .increment(1);
+        }
         return Err(Status::invalid_argument(format!(
             "payload_too_large: {size} bytes of title, body, click action and data; the limit is {limit}"
         )));

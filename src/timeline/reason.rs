@@ -117,6 +117,13 @@ pub fn is_failure(event: &str) -> bool {
     matches!(event, "not_delivered" | "unknown_device" | "expired" | "dropped" | "rejected")
 }
 
+/// Events a device's timeline folds when they repeat within a minute (counted, not
+/// written again): delivery failures, and token rejections, which anyone who can reach
+/// the device port can cause for any device id before it authenticates.
+pub fn folds(event: &str) -> bool {
+    is_failure(event) || event == "token_rejected"
+}
+
 /// The metric label for a failure reason: the code itself when it is one of ours, so
 /// that label values stay a small fixed set.
 pub fn metric_label(code: &str) -> &'static str {

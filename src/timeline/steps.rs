@@ -196,8 +196,44 @@ pub fn closed(timeline: &Timeline, key: &DeviceKey, session: u64, reason: CloseR
 
 /// A handshake or `Bind` refused at its token, for a device id that passed the Hello
 /// checks (it is not authenticated: the entry says what was presented, not who).
-pub fn token_rejected(timeline: &Timeline, key: &DeviceKey, reason: CloseReason, session: u64) {
+/// Before a valid token the device id is anyone's to claim: for ids this node has never
+/// seen authenticate (`known` false), at most [`UNKNOWN_PER_MINUTE`] rejections a minute
+/// are kept, so that made-up ids cannot fill the timeline; the rest are only counted.
+pub fn token_rejected(
+    timeline: &Timeline,
+    key: &DeviceKey,
+    reason: CloseReason,
+    session: u64,
+    known: bool,
+) {
+    if !known && !unknown_allowed() {
+        metrics::counter!("longlink_timeline_dropped_total").increment(1);
+        return;
+    }
     timeline.record(Note::new("token_rejected", key).session(session).reason(reason.label()));
+}
+
+/// Token rejections of never-seen device ids kept per minute, all ids together.
+pub const UNKNOWN_PER_MINUTE: u32 = 600;
+
+fn unknown_allowed() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // The current minute in the high half, the count in it in the low half.
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    let minute = (crate::clock::unix_ms() / 60_000) as u64;
+    let mut seen = WINDOW.load(Ordering::Relaxed);
+    loop {
+        let (at, n) = (seen >> 32, seen as u32);
+        let next = if at == minute & 0xffff_ffff { n.saturating_add(1) } else { 1 };
+        if next > UNKNOWN_PER_MINUTE {
+            return false;
+        }
+        let value = (minute & 0xffff_ffff) << 32 | next as u64;
+        match WINDOW.compare_exchange_weak(seen, value, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => seen = now,
+        }
+    }
 }
 
 /// A change of the user a device is bound to; nothing when there is none.

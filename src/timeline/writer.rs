@@ -142,7 +142,7 @@ impl Writer {
         for (kind, id) in timelines(note) {
             let p = prefix(kind, app, id);
             let value = match kind {
-                Kind::Device if reason::is_failure(note.event) => match self.repeat(&p, note) {
+                Kind::Device if reason::folds(note.event) => match self.repeat(&p, note) {
                     Some(value) => value,
                     None => continue,
                 },
@@ -163,7 +163,7 @@ impl Writer {
     /// last one written within [`REPEAT_MS`]; a failure written after repeats says how
     /// many it stands for.
     fn repeat(&mut self, p: &[u8], note: &Note) -> Option<Vec<u8>> {
-        let tracked = self.tracked(Kind::Device, p);
+        let tracked = self.tracked(p);
         let same = tracked.last_failure.as_ref().is_some_and(|(event, reason, at)| {
             *event == note.event && *reason == note.reason && note.at_ms - at < REPEAT_MS
         });
@@ -188,7 +188,7 @@ impl Writer {
         let bucket_end = (at_ms / self.bucket_ms + 1) * self.bucket_ms;
         let cap = self.bounds.cap(kind);
         let index = self.index.clone();
-        let tracked = self.tracked(kind, p);
+        let tracked = self.tracked(p);
         tracked.n += 1;
         if tracked.bucket_end != bucket_end {
             tracked.bucket_end = bucket_end;
@@ -200,12 +200,14 @@ impl Writer {
     }
 
     /// What is known of timeline `p`, counted from the store when it is not tracked yet.
-    fn tracked(&mut self, kind: Kind, p: &[u8]) -> &mut Tracked {
+    fn tracked(&mut self, p: &[u8]) -> &mut Tracked {
         if !self.tracked.contains_key(p) {
             if self.tracked.len() >= MAX_TRACKED {
                 self.tracked.clear();
             }
-            let n = if kind == Kind::Device { self.entries.prefix(p).count() } else { 0 };
+            // Counted for every kind: a message's timeline may already be on disk when it
+            // was tracked before and forgotten (past MAX_TRACKED), and its cap must hold.
+            let n = self.entries.prefix(p).count();
             return self.tracked.entry(p.to_vec()).or_insert(Tracked { n, ..Tracked::default() });
         }
         self.tracked.get_mut(p).expect("looked up above")

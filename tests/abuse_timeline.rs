@@ -1,0 +1,152 @@
+//! Adversarial tests of the delivery timeline: unauthenticated token-rejection floods
+//! against a victim's device timeline or with made-up ids, and forged receipts against
+//! another device's message timeline.
+
+mod support;
+
+use std::time::Duration;
+
+use longlink::client::{Device, hello};
+use longlink::proto::device::{Receipt, ReceiptStatus, client_frame};
+use longlink::timeline::Kind;
+use support::*;
+
+async fn api(server: &TestServer, path: &str) -> (u16, serde_json::Value) {
+    let (code, body) = http_get(server.running().admin_addr.unwrap(), path).await;
+    (code, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+fn events(v: &serde_json::Value) -> Vec<String> {
+    v["timeline"]
+        .as_array()
+        .map(|a| a.iter().map(|e| e["event"].as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// F3: anyone who can reach the device port (no valid token needed) can write
+/// `token_rejected` entries into any device's timeline, as many as they like, pushing out
+/// its real connection history (cap 200), and changing its verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_hellos_erase_a_devices_history() {
+    let server = start().await;
+    let (victim, _) = server.device("victim").await;
+    drop(victim);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, before) = api(&server, "/api/device?app=demo&device=victim").await;
+    let before_events = events(&before);
+    assert!(before_events.contains(&"connected".to_string()), "{before}");
+
+    for _ in 0..260 {
+        let mut d = within(5, Device::connect(&server.tcp())).await.unwrap();
+        // Not a token of ours: no secret needed.
+        let _ = d.hello(hello(APP, "victim", "not.a.token", 0)).await;
+    }
+    let (_, after) = api(&server, "/api/device?app=demo&device=victim").await;
+    let after_events = events(&after);
+    let kept_connected = after_events.iter().filter(|e| *e == "connected").count();
+    let rejected = after_events.iter().filter(|e| *e == "token_rejected").count();
+    let stored = server.node().hub.receipts.timeline().stored(Kind::Device, APP, "victim");
+    assert!(
+        kept_connected > 0,
+        "before: {before_events:?} verdict {}; after 260 unauthenticated Hellos: {} entries, \
+         {rejected} token_rejected, {kept_connected} connected, {stored} on disk; verdict now {}",
+        before["verdict"],
+        after_events.len(),
+        after["verdict"]
+    );
+}
+
+/// One authenticated device sending receipts for another device's message is held to
+/// the costly-frame budget: it is closed with RATE_LIMITED long before it can push the
+/// message's own steps out of its timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_receipts_are_rate_limited_and_leave_the_message_timeline_intact() {
+    let server = start().await;
+    let (mut v, _) = server.device("v").await;
+    let response = server.notify(&["v"], "hello").await;
+    let m = response.message_id.clone();
+    let push = next_push(&mut v).await;
+    v.ack(push.seq).await.unwrap();
+    let (mut evil, _) = server.device("evil").await;
+    for _ in 0..6000 {
+        let r = Receipt {
+            message_id: m.clone(),
+            status: ReceiptStatus::Displayed as i32,
+            reason: "x".into(),
+            at_ms: 0,
+        };
+        if evil.send(client_frame::Frame::Receipt(r)).await.is_err() {
+            break;
+        }
+    }
+    let closed = within(5, evil.until_closed()).await;
+    let rate_limited = closed.iter().any(|f| format!("{f:?}").contains("RateLimited"));
+    assert!(rate_limited, "{closed:?}");
+    server.node().hub.receipts.timeline().settled().await;
+    let (_, after) = api(&server, &format!("/api/message?app=demo&message={m}")).await;
+    let after_events = events(&after);
+    let by_evil =
+        after["timeline"].as_array().unwrap().iter().filter(|e| e["device_id"] == "evil").count();
+    assert!(after_events.contains(&"accepted".to_string()), "{after}");
+    assert!(after_events.contains(&"acked".to_string()), "{after}");
+    assert!(by_evil <= 100, "{by_evil} entries from evil");
+}
+
+/// Unauthenticated Hellos with made-up device ids each create a device timeline on disk,
+/// kept for the retention window (3 days): disk use grows with the connection rate of
+/// anyone who can reach the device port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_hellos_with_made_up_ids_are_kept_only_at_a_bounded_rate() {
+    let server = std::sync::Arc::new(start().await);
+    let e0 = metric(&server, "longlink_timeline_entries_total").await;
+    let du = |p: &std::path::Path| -> u64 {
+        fn walk(p: &std::path::Path) -> u64 {
+            std::fs::read_dir(p)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| {
+                            let m = e.metadata().unwrap();
+                            if m.is_dir() { walk(&e.path()) } else { m.len() }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(p)
+    };
+    let tdir = server.dir.path().join("timeline");
+    let b0 = du(&tdir);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..375 {
+                let Ok(mut d) = Device::connect(&server.tcp()).await else { continue };
+                let _ = d
+                    .hello(hello(APP, &format!("ghost-{w}-{i}-{}", "z".repeat(90)), "a.b.c", 0))
+                    .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    server.node().hub.receipts.timeline().settled().await;
+    let e1 = metric(&server, "longlink_timeline_entries_total").await;
+    server.node().hub.receipts.timeline().persist();
+    let b1 = du(&tdir);
+    assert!(b1 >= b0, "the timeline directory only grows here: {b0} -> {b1} bytes");
+    let ghost = format!("ghost-3-17-{}", "z".repeat(90));
+    let (code, v) = api(&server, &format!("/api/device?app=demo&device={ghost}")).await;
+    let stored = server.node().hub.receipts.timeline().stored(Kind::Device, APP, &ghost);
+    let limit = longlink::timeline::steps::UNKNOWN_PER_MINUTE as f64;
+    assert!(
+        e1 - e0 <= 2.0 * limit,
+        "3000 Hellos without a valid token in {took:?} wrote {} timeline entries ({stored} for \
+         {ghost}, HTTP {code}, verdict {}); at most {limit} a minute are kept",
+        e1 - e0,
+        v["verdict"]
+    );
+}
