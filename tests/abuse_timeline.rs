@@ -150,3 +150,43 @@ async fn unauthenticated_hellos_with_made_up_ids_are_kept_only_at_a_bounded_rate
         v["verdict"]
     );
 }
+
+/// A message timeline's cap holds on disk even when the timeline writer has since
+/// forgotten it (it tracks at most 16,384 timelines and counts again from the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_timeline_stays_within_its_cap_across_many_other_timelines() {
+    let server = start_with(|c| c.timeline.message_entries = 64).await;
+    let (mut t, _) = server.device("t").await;
+    let target = server.notify(&["t"], "target").await.message_id;
+    let timeline = server.node().hub.receipts.timeline().clone();
+    let router = server.router().await;
+    for round in 0..2 {
+        // 45 entries for the target (under the 50 a second budget), then pause.
+        for _ in 0..45 {
+            let status = ReceiptStatus::Displayed as i32;
+            let r = Receipt { message_id: target.clone(), status, reason: String::new(), at_ms: 0 };
+            t.send(client_frame::Frame::Receipt(r)).await.unwrap();
+        }
+        timeline.settled().await;
+        // More than the writer tracks: 17,000 other message timelines.
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let mut router = router.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..17_000 / 8 + 1 {
+                    let mut r = notification(&["nobody"], &format!("{round}-{w}-{i}"));
+                    r.message.as_mut().unwrap().ttl_secs = Some(0);
+                    router.push(r).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        timeline.settled().await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    let stored = timeline.stored(Kind::Message, APP, &target);
+    assert!(stored <= 64 + 8, "cap 64 (+1/8 before a trim): {stored} entries on disk");
+    server.stop().await;
+}
