@@ -8,13 +8,11 @@ mod support;
 use std::time::Duration;
 
 use longlink::client::{Device, hello};
-use longlink::config::AppConfig;
 use longlink::proto::device::{Push, server_frame};
 use longlink::proto::router::{
     Broadcast, BroadcastResult, PushRequest, PushResponse, push_request,
 };
 use longlink::session::DeviceKey;
-use longlink::token::{AppKey, Claims};
 use support::child::serve_in;
 use support::*;
 
@@ -222,34 +220,7 @@ async fn broadcasts_survive_kill_9_and_the_seq_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_reaches_its_own_app_only() {
-    let keys = [("shop", "shop-secret-0123456789"), ("news", "news-secret-0123456789")];
-    let server = start_with(|c| {
-        c.apps = keys
-            .iter()
-            .map(|(id, key)| AppConfig {
-                id: (*id).into(),
-                key: Some((*key).into()),
-                key_file: None,
-            })
-            .collect();
-    })
-    .await;
-    let now = longlink::clock::unix_secs();
-    let mut devices = Vec::new();
-    for (app, secret) in keys {
-        let claims = Claims {
-            sub: "same".into(),
-            app: app.into(),
-            uid: None,
-            exp: now + 600,
-            iat: now,
-            nbf: None,
-        };
-        let token = AppKey::hs256(secret.as_bytes().to_vec()).sign(&claims);
-        let mut d = Device::connect(&server.tcp()).await.unwrap();
-        d.hello(hello(app, "same", &token, 0)).await.unwrap();
-        devices.push(d);
-    }
+    let (server, mut devices, _) = two_apps().await;
     let mut request = broadcast("shop only", false, None);
     request.app_id = "shop".into();
     let (id, counts) = send(&server, request).await;

@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use longlink::client::{Device, hello};
-use longlink::config::AppConfig;
 use longlink::proto::device::{ServerFrame, server_frame};
 use longlink::proto::router::{PushRequest, Result as Wire, User, push_request};
 use longlink::session::DeviceKey;
@@ -202,34 +201,8 @@ async fn a_user_push_reaches_offline_devices_of_the_user_through_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_apps_with_the_same_device_ids_never_see_each_other_s_messages() {
-    let keys = [("shop", "shop-secret-0123456789"), ("news", "news-secret-0123456789")];
-    let server = start_with(|c| {
-        c.apps = keys
-            .iter()
-            .map(|(id, key)| AppConfig {
-                id: (*id).into(),
-                key: Some((*key).into()),
-                key_file: None,
-            })
-            .collect();
-    })
-    .await;
+    let (server, mut devices, keys) = two_apps().await;
     let now = longlink::clock::unix_secs();
-    let mut devices = Vec::new();
-    for (app, secret) in keys {
-        let claims = Claims {
-            sub: "same".into(),
-            app: app.into(),
-            uid: None,
-            exp: now + 600,
-            iat: now,
-            nbf: None,
-        };
-        let token = AppKey::hs256(secret.as_bytes().to_vec()).sign(&claims);
-        let mut d = Device::connect(&server.tcp()).await.unwrap();
-        d.hello(hello(app, "same", &token, 0)).await.unwrap();
-        devices.push(d);
-    }
     let mut router = server.router().await;
     let mut request = notification(&["same"], "shop only");
     request.app_id = "shop".into();

@@ -214,3 +214,37 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// Two apps, `shop` and `news`, with their own keys: a server and one device `same` of
+/// each, connected (the same device id in both apps).
+pub async fn two_apps() -> (TestServer, Vec<Device>, [(&'static str, &'static str); 2]) {
+    let keys = [("shop", "shop-secret-0123456789"), ("news", "news-secret-0123456789")];
+    let server = start_with(|c| {
+        c.apps = keys
+            .iter()
+            .map(|(id, key)| longlink::config::AppConfig {
+                id: (*id).into(),
+                key: Some((*key).into()),
+                key_file: None,
+            })
+            .collect();
+    })
+    .await;
+    let now = longlink::clock::unix_secs();
+    let mut devices = Vec::new();
+    for (app, secret) in keys {
+        let claims = Claims {
+            sub: "same".into(),
+            app: app.into(),
+            uid: None,
+            exp: now + 600,
+            iat: now,
+            nbf: None,
+        };
+        let token = AppKey::hs256(secret.as_bytes().to_vec()).sign(&claims);
+        let mut d = Device::connect(&server.tcp()).await.unwrap();
+        d.hello(hello(app, "same", &token, 0)).await.unwrap();
+        devices.push(d);
+    }
+    (server, devices, keys)
+}
