@@ -92,63 +92,36 @@ async fn forged_receipts_are_rate_limited_and_leave_the_message_timeline_intact(
     assert!(by_evil <= 100, "{by_evil} entries from evil");
 }
 
-/// Unauthenticated Hellos with made-up device ids each create a device timeline on disk,
-/// kept for the retention window (3 days): disk use grows with the connection rate of
-/// anyone who can reach the device port.
+/// Unauthenticated Hellos with made-up device ids: the rejections of ids this node has
+/// never seen authenticate are kept at a bounded rate (the rest only counted), so anyone
+/// who can reach the device port cannot fill the timeline with made-up devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_hellos_with_made_up_ids_are_kept_only_at_a_bounded_rate() {
     let server = std::sync::Arc::new(start().await);
-    let e0 = metric(&server, "longlink_timeline_entries_total").await;
-    let du = |p: &std::path::Path| -> u64 {
-        fn walk(p: &std::path::Path) -> u64 {
-            std::fs::read_dir(p)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| {
-                            let m = e.metadata().unwrap();
-                            if m.is_dir() { walk(&e.path()) } else { m.len() }
-                        })
-                        .sum()
-                })
-                .unwrap_or(0)
-        }
-        walk(p)
-    };
-    let tdir = server.dir.path().join("timeline");
-    let b0 = du(&tdir);
-    let started = std::time::Instant::now();
+    let ghost = |w: usize, i: usize| format!("ghost-{w}-{i}-{}", "z".repeat(90));
     let mut tasks = Vec::new();
     for w in 0..8 {
         let server = server.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..375 {
                 let Ok(mut d) = Device::connect(&server.tcp()).await else { continue };
-                let _ = d
-                    .hello(hello(APP, &format!("ghost-{w}-{i}-{}", "z".repeat(90)), "a.b.c", 0))
-                    .await;
+                let _ = d.hello(hello(APP, &ghost(w, i), "a.b.c", 0)).await;
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    let took = started.elapsed();
-    server.node().hub.receipts.timeline().settled().await;
-    let e1 = metric(&server, "longlink_timeline_entries_total").await;
-    server.node().hub.receipts.timeline().persist();
-    let b1 = du(&tdir);
-    assert!(b1 >= b0, "the timeline directory only grows here: {b0} -> {b1} bytes");
-    let ghost = format!("ghost-3-17-{}", "z".repeat(90));
-    let (code, v) = api(&server, &format!("/api/device?app=demo&device={ghost}")).await;
-    let stored = server.node().hub.receipts.timeline().stored(Kind::Device, APP, &ghost);
-    let limit = longlink::timeline::steps::UNKNOWN_PER_MINUTE as f64;
-    assert!(
-        e1 - e0 <= 2.0 * limit,
-        "3000 Hellos without a valid token in {took:?} wrote {} timeline entries ({stored} for \
-         {ghost}, HTTP {code}, verdict {}); at most {limit} a minute are kept",
-        e1 - e0,
-        v["verdict"]
-    );
+    let timeline = server.node().hub.receipts.timeline();
+    timeline.settled().await;
+    let kept = (0..8)
+        .flat_map(|w| (0..375).map(move |i| (w, i)))
+        .filter(|&(w, i)| timeline.stored(Kind::Device, APP, &ghost(w, i)) > 0)
+        .count();
+    // The budget is per minute and process-wide; the run may straddle a minute.
+    let limit = 2 * longlink::timeline::steps::UNKNOWN_PER_MINUTE as usize;
+    assert!(kept <= limit, "{kept} of 3,000 made-up devices got a timeline (at most {limit})");
+    assert!(kept > 0, "some rejections are still kept, for diagnosis");
 }
 
 /// A message timeline's cap holds on disk even when the timeline writer has since
