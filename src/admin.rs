@@ -108,6 +108,14 @@ async fn timeline(node: &Node, api: &str) -> (&'static str, &'static str, String
         return error("400 Bad Request", "bad_request: malformed query".into());
     };
     let get = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let needed: &[&str] = match name {
+        "device" => &["app", "device"],
+        "message" => &["app", "message"],
+        _ => &[],
+    };
+    if let Some(missing) = needed.iter().find(|k| get(k).is_none_or(|v| v.is_empty())) {
+        return error("400 Bad Request", format!("missing_parameter: {missing}"));
+    }
     let app = get("app").unwrap_or_default();
     let answer = match name {
         "device" => {

@@ -548,3 +548,21 @@ async fn a_broadcast_is_traced_with_its_counts() {
     );
     server.stop().await;
 }
+
+/// The lookups name what is missing from a request instead of guessing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_without_its_parameters_is_a_bad_request_that_names_them() {
+    let server = start().await;
+    let addr = server.running().admin_addr.unwrap();
+    for (path, missing) in [
+        ("/api/message", "app"),
+        ("/api/message?app=demo", "message"),
+        ("/api/device?app=demo", "device"),
+        ("/api/device?device=x", "app"),
+    ] {
+        let (code, body) = http_get(addr, path).await;
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(body.contains(&format!("missing_parameter: {missing}")), "{path}: {body}");
+    }
+    server.stop().await;
+}
