@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use longlink::heartbeat::Heartbeats;
 use longlink::hub::{Hub, HubLimits, Profile};
-use longlink::link::{Link, OutboundLimits};
+use longlink::link::Link;
 use longlink::session::{DeviceKey, Session, Transport};
 use longlink::store::{Fsync, Store};
 
@@ -58,12 +58,7 @@ impl Default for Table {
     fn default() -> Table {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = Store::open(dir.path(), Fsync::Never).expect("store opens");
-        let limits = HubLimits {
-            outbound: OutboundLimits { max_frames: 512, max_bytes: 256 * 1024 },
-            send_window: 100,
-            pending_max: 100,
-            broadcast_max: 1_000,
-        };
+        let limits = HubLimits::from_config(&longlink::config::Config::default());
         let hub = Hub::new(limits, Arc::new(Heartbeats::default()), Arc::new(store));
         Table { hub, _dir: dir }
     }

@@ -52,6 +52,22 @@ pub struct HubLimits {
     pub broadcast_max: usize,
 }
 
+impl HubLimits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &crate::config::Config) -> HubLimits {
+        let d = &config.device;
+        HubLimits {
+            outbound: OutboundLimits {
+                max_frames: d.outbound_max_frames,
+                max_bytes: d.outbound_max_bytes,
+            },
+            send_window: d.send_window,
+            pending_max: d.pending_max,
+            broadcast_max: config.delivery.broadcast_max,
+        }
+    }
+}
+
 /// What a device says about itself when it connects.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {

@@ -20,7 +20,6 @@ use crate::close::CloseReason;
 use crate::config::Config;
 use crate::heartbeat::Heartbeats;
 use crate::hub::{Hub, HubLimits};
-use crate::link::OutboundLimits;
 use crate::node::{Node, Settings};
 use crate::router::{Inspection, InspectionServer, RouterServer, Service, auth::Keys};
 use crate::store::Store;
@@ -119,18 +118,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 fn build_node(config: &Config, apps: Apps, store: Arc<Store>) -> Node {
-    let d = &config.device;
-    let limits = HubLimits {
-        outbound: OutboundLimits {
-            max_frames: d.outbound_max_frames,
-            max_bytes: d.outbound_max_bytes,
-        },
-        send_window: d.send_window,
-        pending_max: d.pending_max,
-        broadcast_max: config.delivery.broadcast_max,
-    };
+    let limits = HubLimits::from_config(config);
     let hub = Hub::new(limits, Arc::new(Heartbeats::default()), store);
-    Node::new(hub, apps, Settings::from_config(config), d.max_handshakes)
+    Node::new(hub, apps, Settings::from_config(config), config.device.max_handshakes)
 }
 
 /// Loads what the store kept into the hub before any listener opens.

@@ -5,7 +5,6 @@
 
 use longlink::config::Config;
 use longlink::hub::HubLimits;
-use longlink::link::OutboundLimits;
 use longlink::proto::device::{Notification, Push, PushKind};
 
 /// A push of a size typical for a notification: title, body, a little data.
@@ -26,15 +25,5 @@ pub fn push() -> Push {
 
 /// Limits as `server` builds them from the default configuration.
 pub fn limits() -> HubLimits {
-    let config = Config::default();
-    let d = config.device;
-    HubLimits {
-        outbound: OutboundLimits {
-            max_frames: d.outbound_max_frames,
-            max_bytes: d.outbound_max_bytes,
-        },
-        send_window: d.send_window,
-        pending_max: d.pending_max,
-        broadcast_max: config.delivery.broadcast_max,
-    }
+    HubLimits::from_config(&Config::default())
 }
