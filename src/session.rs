@@ -54,11 +54,10 @@ pub struct Session {
     pub heartbeat_secs: u32,
 }
 
-/// How many sessions are live, in all and per app and transport. The sessions themselves
+/// How many sessions are live, per app and transport (and so in all). The sessions themselves
 /// live in the hub's registry, each in its device's entry.
 #[derive(Debug, Default)]
 pub struct SessionCounts {
-    total: AtomicI64,
     /// Per app: live sessions over TCP and over TLS, each with its gauge (looked up
     /// once per app, not per change).
     online: DashMap<Arc<str>, [(AtomicI64, metrics::Gauge); 2]>,
@@ -67,7 +66,7 @@ pub struct SessionCounts {
 impl SessionCounts {
     /// Live sessions of `app`, over every transport.
     pub fn online(&self, app: &str) -> i64 {
-        self.online.get(app).map_or(0, |n| n.iter().map(|(n, _)| n.load(Ordering::Relaxed)).sum())
+        self.online.get(app).map_or(0, |n| live(&n))
     }
 
     /// Live sessions per app and transport, for every app that has had one.
@@ -84,7 +83,7 @@ impl SessionCounts {
     }
 
     pub fn len(&self) -> usize {
-        self.total.load(Ordering::Relaxed).max(0) as usize
+        self.online.iter().map(|n| live(&n)).sum::<i64>().max(0) as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -92,12 +91,10 @@ impl SessionCounts {
     }
 
     pub(crate) fn opened(&self, app: &Arc<str>, transport: Transport) {
-        self.total.fetch_add(1, Ordering::Relaxed);
         self.count(app, transport, 1);
     }
 
     pub(crate) fn closed(&self, app: &Arc<str>, transport: Transport) {
-        self.total.fetch_sub(1, Ordering::Relaxed);
         self.count(app, transport, -1);
     }
 
@@ -129,6 +126,11 @@ impl SessionCounts {
             }
         }
     }
+}
+
+/// Live sessions of one app, both transports.
+fn live(counts: &[(AtomicI64, metrics::Gauge); 2]) -> i64 {
+    counts.iter().map(|(n, _)| n.load(Ordering::Relaxed)).sum()
 }
 
 #[cfg(test)]
