@@ -47,6 +47,17 @@ pub struct Fanout {
     pub not_delivered: u64,
 }
 
+impl Fanout {
+    /// Counts one device: written to, or left to catch up (or, TTL 0, not reached).
+    fn count(&mut self, sent: bool, ephemeral: bool) {
+        match (sent, ephemeral) {
+            (true, _) => self.sent += 1,
+            (false, true) => self.not_delivered += 1,
+            (false, false) => self.stored += 1,
+        }
+    }
+}
+
 impl Hub {
     /// Adds `message` to the app's broadcasts, stores it (unless its TTL is 0), and
     /// hands it to every live device of the app. The store write is enqueued, not awaited.
@@ -73,13 +84,7 @@ impl Hub {
             if let Some(link) = device.open_link() {
                 self.pump_broadcasts(key, device, &link, Occasion::Fanout(&entry));
             }
-            if device.cursor.scanned >= entry.seq {
-                fanout.sent += 1;
-            } else if ephemeral {
-                fanout.not_delivered += 1;
-            } else {
-                fanout.stored += 1;
-            }
+            fanout.count(device.cursor.scanned >= entry.seq, ephemeral);
         }
         if ephemeral {
             self.broadcasts.remove(app, entry.seq);
@@ -98,13 +103,7 @@ impl Hub {
             if *item.key().app != *app {
                 continue;
             }
-            if item.open_link().is_some() {
-                fanout.sent += 1;
-            } else if message.ephemeral {
-                fanout.not_delivered += 1;
-            } else {
-                fanout.stored += 1;
-            }
+            fanout.count(item.open_link().is_some(), message.ephemeral);
         }
         fanout
     }
