@@ -268,8 +268,9 @@ struct Live {
 }
 
 /// Costly inbound frames per second a connection may send (those that write to the store
-/// or scan a mailbox: Report, Bind, Unbind, Ack with ids), over a fixed one-second window,
-/// so that a misbehaving app cannot make the node write or compute without bound. Pings
+/// or scan a mailbox: Report, Bind, Unbind, Receipt, Ack with ids), over a fixed one-second
+/// window, so that a misbehaving app cannot make the node write or compute without bound.
+/// Each is charged before it is handled, so the allowance holds within one read too. Pings
 /// and cumulative acks are not counted: they cost a few atomic operations, and a device
 /// replaying a backlog acks as fast as it reads.
 #[derive(Debug, Default)]
@@ -279,13 +280,13 @@ struct Budget {
 }
 
 impl Budget {
-    /// Counts `n` frames at `now_ms`; false once the window's allowance is spent.
-    fn spend(&mut self, n: u32, now_ms: u64, per_sec: u32) -> bool {
+    /// Counts one frame at `now_ms`; false once the window's allowance is spent.
+    fn spend(&mut self, now_ms: u64, per_sec: u32) -> bool {
         if now_ms >= self.window_start_ms + 1000 {
             self.window_start_ms = now_ms;
             self.frames = 0;
         }
-        self.frames = self.frames.saturating_add(n);
+        self.frames = self.frames.saturating_add(1);
         self.frames <= per_sec
     }
 }
@@ -375,11 +376,17 @@ impl Live {
     /// Decodes and handles every complete frame in `bytes` (and in what was buffered).
     fn feed(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), CloseReason> {
         let mut failure = None;
-        let mut frames = 0;
         let handler = Handler { node: &self.node, key: &self.key, link: &self.link };
+        let per_sec = self.node.settings.max_frames_per_sec;
+        let budget = &mut self.budget;
         self.decoder
             .feed::<ClientFrame, _>(bytes, |frame| {
-                frames += costly(&frame) as u32;
+                // Charged before the frame is handled: one read can carry hundreds of
+                // small frames, and none past the allowance may reach the store.
+                if costly(&frame) && !budget.spend(now_ms, per_sec) {
+                    failure = Some(CloseReason::RateLimited);
+                    return false;
+                }
                 match handler.on_frame(frame) {
                     Ok(()) => true,
                     Err(reason) => {
@@ -389,12 +396,9 @@ impl Live {
                 }
             })
             .map_err(frame_error)?;
-        if let Some(reason) = failure {
-            return Err(reason);
+        match failure {
+            Some(reason) => Err(reason),
+            None => Ok(()),
         }
-        if !self.budget.spend(frames, now_ms, self.node.settings.max_frames_per_sec) {
-            return Err(CloseReason::RateLimited);
-        }
-        Ok(())
     }
 }

@@ -7,7 +7,9 @@ mod support;
 use std::time::Duration;
 
 use longlink::client::{Device, hello};
-use longlink::proto::device::{Receipt, ReceiptStatus, client_frame};
+use longlink::proto::device::{
+    Bind, ClientFrame, DeviceReport, Receipt, ReceiptStatus, Report, client_frame,
+};
 use longlink::timeline::Kind;
 use support::*;
 
@@ -90,6 +92,70 @@ async fn forged_receipts_are_rate_limited_and_leave_the_message_timeline_intact(
     assert!(after_events.contains(&"accepted".to_string()), "{after}");
     assert!(after_events.contains(&"acked".to_string()), "{after}");
     assert!(by_evil <= 100, "{by_evil} entries from evil");
+}
+
+/// Costly frames arriving in one write, many per read of the socket: each is charged
+/// before it is handled, so no more than the allowance reaches the store or the timeline,
+/// for every kind the budget counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_costly_frames_in_one_write_stops_at_the_allowance() {
+    const PER_SEC: u32 = 10;
+    let server = start_with(|c| c.device.max_frames_per_sec = PER_SEC).await;
+    let (mut v, _) = server.device("v").await;
+    let m = server.notify(&["v"], "hello").await.message_id;
+    next_push(&mut v).await;
+    let report = |i: usize| {
+        let report = DeviceReport { os_version: format!("{i}"), ..Default::default() };
+        client_frame::Frame::Report(Report { report: Some(report) })
+    };
+    let receipt = |_| {
+        let status = ReceiptStatus::Displayed as i32;
+        client_frame::Frame::Receipt(Receipt {
+            message_id: m.clone(),
+            status,
+            ..Default::default()
+        })
+    };
+    let bind = |i: usize| {
+        let token = server.user_token("burst-bind", &format!("user-{i}"));
+        client_frame::Frame::Bind(Bind { token })
+    };
+    let kinds: [(&str, &dyn Fn(usize) -> client_frame::Frame); 3] =
+        [("report", &report), ("receipt", &receipt), ("bind", &bind)];
+    for (kind, frame) in kinds {
+        let id = format!("burst-{kind}");
+        let (mut d, _) = server.device(&id).await;
+        let mut burst = Vec::new();
+        for i in 0..200 {
+            burst.extend_from_slice(&longlink::frame::encode(&ClientFrame {
+                frame: Some(frame(i)),
+            }));
+        }
+        let _ = d.send_raw(&burst).await;
+        let closed = within(5, d.until_closed()).await;
+        assert!(
+            closed.iter().any(|f| format!("{f:?}").contains("RateLimited")),
+            "{kind}: {closed:?}"
+        );
+        server.node().hub.receipts.timeline().settled().await;
+        let (_, device) = api(&server, &format!("/api/device?app=demo&device={id}")).await;
+        let (_, message) = api(&server, &format!("/api/message?app=demo&message={m}")).await;
+        let reported = events(&device).iter().filter(|e| *e == "reported").count();
+        let bound = events(&device).iter().filter(|e| *e == "bound").count();
+        let displayed = message["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["device_id"] == id.as_str())
+            .count();
+        let handled = reported + displayed + bound;
+        // Two windows at most, should the burst's reads straddle a second.
+        assert!(
+            (1..=2 * PER_SEC as usize).contains(&handled),
+            "{kind}: {handled} of 200 handled (reported {reported}, displayed {displayed}, \
+             bound {bound})"
+        );
+    }
 }
 
 /// Unauthenticated Hellos with made-up device ids: the rejections of ids this node has
