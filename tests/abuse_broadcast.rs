@@ -251,6 +251,31 @@ async fn cursors_ahead_huge_and_zero() {
     drop(liar);
 }
 
+/// An ack ahead of what the device was written (a liar, or an ack racing a fan-out
+/// that has not reached the device yet) acks only what it was written: the broadcasts
+/// the send window held back still arrive, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_ahead_of_what_was_written_skips_nothing() {
+    const WINDOW: usize = 4;
+    let server = start_with(|c| c.device.send_window = WINDOW).await;
+    let mut d = connect_at(&server.tcp(), "d", &server.token("d"), 0).await;
+    let mut router = server.router().await;
+    for i in 1..=10 {
+        router.push(broadcast(&format!("B{i}"), false, None)).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(p) = push_within(&mut d, 500).await {
+        got.push(p.broadcast_seq);
+    }
+    assert_eq!(got, vec![1, 2, 3, 4], "the window holds the rest back until acks");
+    d.ack_broadcast(10).await.unwrap();
+    while let Some(p) = push_within(&mut d, 1000).await {
+        got.push(p.broadcast_seq);
+        d.ack_broadcast(p.broadcast_seq).await.unwrap();
+    }
+    assert_eq!(got, (1..=10).collect::<Vec<u64>>());
+}
+
 /// The per-app cap: only the newest `broadcast_max` are kept for a device that was away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_keeps_the_newest_and_counts_are_right() {

@@ -172,10 +172,13 @@ impl Hub {
         }
     }
 
-    /// Records the device's cumulative broadcast ack (clamped to the app's last seq).
+    /// Records the device's cumulative broadcast ack, clamped to what it can have had:
+    /// what this link was taken through, or an earlier link was written. Not to the
+    /// app's last seq: a broadcast is appended before its fan-out reaches the device,
+    /// and an ack ahead in between would make the fan-out skip it.
     pub(super) fn ack_broadcasts(&self, key: &DeviceKey, device: &mut Device, upto: u64) {
-        let upto = upto.min(self.broadcasts.last_seq(&key.app));
         let c = &mut device.cursor;
+        let upto = upto.min(c.scanned.max(c.handed));
         if upto <= c.acked {
             return;
         }
