@@ -201,6 +201,9 @@ pub struct TimelineConfig {
     pub queue_max: usize,
     /// How often entries past the retention window are deleted, in seconds.
     pub prune_interval_secs: u64,
+    /// Entries' bytes (keys and values) kept at most, in MiB; past it the oldest are
+    /// deleted first, whatever their age.
+    pub max_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -319,6 +322,7 @@ impl Default for TimelineConfig {
             message_entries: 4_096,
             queue_max: 4_096,
             prune_interval_secs: 60,
+            max_mib: 1_024,
         }
     }
 }
@@ -462,8 +466,10 @@ impl Config {
                     .into(),
             );
         }
-        if t.queue_max == 0 || t.prune_interval_secs == 0 {
-            errors.push("timeline: queue_max and prune_interval_secs must be at least 1".into());
+        if t.queue_max == 0 || t.prune_interval_secs == 0 || t.max_mib == 0 {
+            errors.push(
+                "timeline: queue_max, prune_interval_secs and max_mib must be at least 1".into(),
+            );
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             errors.push(format!("log.format: `{}` is neither text nor json", self.log.format));

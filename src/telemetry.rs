@@ -123,6 +123,7 @@ fn describe() {
         ("longlink_timeline_dropped_total", "Timeline notes dropped on a full queue."),
         ("longlink_timeline_trimmed_total", "Timeline entries trimmed to their cap."),
         ("longlink_timeline_pruned_total", "Timeline entries past the retention window."),
+        ("longlink_timeline_shed_total", "Timeline entries deleted, oldest first, over max_mib."),
     ];
     for (name, help) in counters {
         describe_counter!(name, Count, help);
@@ -133,6 +134,7 @@ fn describe() {
         ("longlink_store_queue", Count, "Store writes waiting for the writer thread."),
         ("longlink_store_messages", Count, "Messages kept in the store for devices."),
         ("longlink_store_bytes", Bytes, "Disk space the store takes (tables and journal)."),
+        ("longlink_timeline_bytes", Bytes, "Bytes of the timeline's entries, keys and values."),
     ];
     for (name, unit, help) in gauges {
         describe_gauge!(name, unit, help);

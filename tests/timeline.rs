@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use longlink::client::{Device, hello};
 use longlink::config::RouterKey;
+use longlink::config::TimelineConfig;
 use longlink::proto::device::{DeviceReport, Hello, Platform, PushKind};
 use longlink::proto::router::inspection_client::InspectionClient;
 use longlink::proto::router::router_client::RouterClient;
@@ -17,7 +18,7 @@ use longlink::proto::router::{
     TraceMessageRequest, TraceMessageResponse, push_request,
 };
 use longlink::session::DeviceKey;
-use longlink::timeline::{Kind, reason, render};
+use longlink::timeline::{Kind, Note, Timeline, reason, render};
 use support::*;
 use tonic::transport::Channel;
 
@@ -406,6 +407,49 @@ async fn timelines_are_capped_and_old_entries_are_pruned() {
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(inspect(&server, "busy", "").await.timeline.is_empty());
     server.stop().await;
+}
+
+/// All timelines together stay within `max_mib`: the oldest go first, whatever their
+/// age, the newest are kept, and the count survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timelines_together_stay_within_max_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TimelineConfig { max_mib: 1, ..TimelineConfig::default() };
+    let timeline = Timeline::open(&config, dir.path()).unwrap();
+    const DETAIL: usize = 2_000;
+    let devices: Vec<DeviceKey> = (0..400).map(|i| DeviceKey::new(APP, &format!("d{i}"))).collect();
+    for chunk in devices.chunks(50) {
+        for key in chunk {
+            for _ in 0..5 {
+                timeline.record(Note::new("connected", key).detail("x".repeat(DETAIL)));
+            }
+        }
+        timeline.settled().await;
+    }
+    // 400 devices × 5 entries × 2 KB: about 4 MB written into 1 MiB.
+    let bytes = timeline.bytes();
+    assert!(bytes <= 1 << 20, "{bytes} bytes kept");
+    let kept = |key: &DeviceKey| timeline.stored(Kind::Device, APP, &key.device);
+    let total: usize = devices.iter().map(kept).sum();
+    assert!(total * DETAIL <= 1 << 20, "{total} entries kept");
+    assert!(total * (DETAIL + 100) >= (1 << 20) * 3 / 4, "only {total} entries kept");
+    assert_eq!(kept(&devices[0]), 0, "the oldest go first");
+    assert_eq!(kept(devices.last().unwrap()), 5, "the newest are kept");
+    assert_eq!(timeline.read(Kind::Device, APP, "d399").len(), 5);
+
+    drop(timeline);
+    let reopened = within(10, async {
+        loop {
+            match Timeline::open(&config, dir.path()) {
+                Ok(t) => break t,
+                // The writer thread still holds the database.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    reopened.settled().await;
+    assert_eq!(reopened.bytes(), bytes, "the count survives a restart");
 }
 
 /// With the timeline off nothing is kept, and failures are still counted.

@@ -22,6 +22,7 @@ mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -124,6 +125,7 @@ pub struct Bounds {
     pub device_entries: usize,
     pub message_entries: usize,
     pub prune_every: Duration,
+    pub max_bytes: u64,
 }
 
 impl Bounds {
@@ -133,6 +135,7 @@ impl Bounds {
             device_entries: c.device_entries,
             message_entries: c.message_entries,
             prune_every: Duration::from_secs(c.prune_interval_secs),
+            max_bytes: c.max_mib.saturating_mul(1 << 20),
         }
     }
 
@@ -153,6 +156,8 @@ enum Op {
 struct Inner {
     db: Database,
     entries: Keyspace,
+    /// The entries' bytes as of the writer's last commit.
+    bytes: Arc<AtomicU64>,
     tx: SyncSender<Op>,
     bounds: Bounds,
 }
@@ -183,11 +188,14 @@ impl Timeline {
             db.keyspace("entries", || KeyspaceCreateOptions::default().max_memtable_size(8 << 20))?;
         let index =
             db.keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(1 << 20))?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let bounds = Bounds::from_config(config);
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_max);
-        let writer = writer::Writer::new(db.clone(), entries.clone(), index, bounds, rx);
+        let spaces = writer::Spaces { entries: entries.clone(), index, meta };
+        let bytes = Arc::new(AtomicU64::new(0));
+        let writer = writer::Writer::new(db.clone(), spaces, bounds, rx, bytes.clone());
         std::thread::Builder::new().name("longlink-timeline".into()).spawn(move || writer.run())?;
-        Ok(Timeline(Some(Arc::new(Inner { db, entries, tx, bounds }))))
+        Ok(Timeline(Some(Arc::new(Inner { db, entries, bytes, tx, bounds }))))
     }
 
     pub fn enabled(&self) -> bool {
@@ -241,6 +249,12 @@ impl Timeline {
     pub fn stored(&self, kind: Kind, app: &str, id: &str) -> usize {
         let Some(inner) = &self.0 else { return 0 };
         inner.entries.prefix(prefix(kind, app, id)).count()
+    }
+
+    /// The bytes of every entry kept (keys and values), which `max_mib` bounds, as of the
+    /// writer's last commit.
+    pub fn bytes(&self) -> u64 {
+        self.0.as_ref().map_or(0, |inner| inner.bytes.load(Ordering::Relaxed))
     }
 
     /// Makes everything written so far durable (drain).

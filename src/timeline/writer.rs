@@ -7,6 +7,11 @@
 //! buckets that ended before the cutoff, oldest first, and deletes only what is in them,
 //! so it never scans the timelines that are still young.
 //!
+//! The bytes of all entries (keys and values) are counted in a third keyspace, `meta`,
+//! in the same batches that write and delete them; past `max_bytes` the oldest buckets
+//! are deleted, whatever their age, until an eighth under it. What is on disk follows
+//! that count as compaction catches up with the deletions.
+//!
 //! Caps are kept with slack: a timeline is trimmed back to its cap once it is an eighth
 //! over it, so trimming costs one scan per eighth of a cap rather than one per entry.
 //! Reads return at most the cap. The counts live in a bounded map; a device counted
@@ -15,6 +20,8 @@
 //! across a restart may hold up to twice its cap until it is trimmed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -40,6 +47,16 @@ const MAX_PRUNE: usize = 100_000;
 /// history, which is what its verdict needs.
 const REPEAT_MS: i64 = 60_000;
 
+/// The key in `meta` holding the entries' byte count.
+const BYTES: &[u8] = b"bytes";
+
+/// The writer's keyspaces.
+pub struct Spaces {
+    pub entries: Keyspace,
+    pub index: Keyspace,
+    pub meta: Keyspace,
+}
+
 #[derive(Default)]
 struct Tracked {
     n: usize,
@@ -55,6 +72,11 @@ pub struct Writer {
     db: Database,
     entries: Keyspace,
     index: Keyspace,
+    meta: Keyspace,
+    /// The entries' bytes, keys and values.
+    bytes: u64,
+    /// `bytes` for readers, as of the last commit.
+    shown: Arc<AtomicU64>,
     bounds: Bounds,
     bucket_ms: i64,
     rx: Receiver<Op>,
@@ -65,14 +87,27 @@ pub struct Writer {
 impl Writer {
     pub fn new(
         db: Database,
-        entries: Keyspace,
-        index: Keyspace,
+        spaces: Spaces,
         bounds: Bounds,
         rx: Receiver<Op>,
+        shown: Arc<AtomicU64>,
     ) -> Writer {
+        let Spaces { entries, index, meta } = spaces;
         // Eight buckets per retention window: pruning runs at most an eighth late.
         let bucket_ms = (bounds.retention_ms / 8).clamp(1_000, 3_600_000);
-        Writer { db, entries, index, bounds, bucket_ms, rx, tracked: HashMap::new(), counter: 0 }
+        let bytes = match meta.get(BYTES) {
+            Ok(Some(v)) if v.len() == 8 => u64::from_be_bytes((*v).try_into().expect("8")),
+            // Written before the count was kept: counted once.
+            _ => entries
+                .iter()
+                .filter_map(|item| item.into_inner().ok())
+                .map(|(k, v)| size(&k, &v))
+                .sum(),
+        };
+        shown.store(bytes, Ordering::Relaxed);
+        let tracked = HashMap::new();
+        let counter = 0;
+        Writer { db, entries, index, meta, bytes, shown, bounds, bucket_ms, rx, tracked, counter }
     }
 
     pub fn run(mut self) {
@@ -96,7 +131,9 @@ impl Writer {
                 self.commit(ops);
             }
             if Instant::now() >= next_prune {
-                self.prune(crate::clock::unix_ms() - self.bounds.retention_ms);
+                let cutoff = crate::clock::unix_ms() - self.bounds.retention_ms;
+                let pruned = self.drop_buckets(|end, _| (end <= cutoff).then_some(cutoff));
+                metrics::counter!("longlink_timeline_pruned_total").increment(pruned);
                 next_prune = Instant::now() + self.bounds.prune_every;
             }
         }
@@ -117,12 +154,15 @@ impl Writer {
                 Op::Barrier(done) => waiters.push(done),
             }
         }
-        if let Err(error) = batch.commit() {
-            tracing::warn!(%error, "timeline commit failed");
-        }
+        self.commit_counted(batch, "commit");
         metrics::counter!("longlink_timeline_entries_total").increment(notes);
         for (kind, key) in over {
             self.trim(kind, &key);
+        }
+        if self.bytes > self.bounds.max_bytes {
+            let target = self.bounds.max_bytes - self.bounds.max_bytes / 8;
+            let shed = self.drop_buckets(|end, bytes| (bytes > target).then_some(end));
+            metrics::counter!("longlink_timeline_shed_total").increment(shed);
         }
         for done in waiters {
             let _ = done.send(());
@@ -152,6 +192,7 @@ impl Writer {
             key.extend_from_slice(&p);
             key.extend_from_slice(&note.at_ms.to_be_bytes());
             key.extend_from_slice(&counter.to_be_bytes());
+            self.bytes += size(&key, &value);
             batch.insert(&self.entries, key, value);
             if self.track(batch, kind, &p, note.at_ms) {
                 over.push((kind, p));
@@ -220,17 +261,19 @@ impl Writer {
         let excess = tracked.n.saturating_sub(self.bounds.cap(kind));
         tracked.n -= excess;
         let mut batch = self.db.batch();
-        for key in self.entries.prefix(p).take(excess).filter_map(|item| item.key().ok()) {
+        for (key, value) in self.entries.prefix(p).take(excess).filter_map(|i| i.into_inner().ok())
+        {
+            self.bytes -= size(&key, &value).min(self.bytes);
             batch.remove(&self.entries, key);
         }
-        if let Err(error) = batch.commit() {
-            tracing::warn!(%error, "timeline trim failed");
-        }
+        self.commit_counted(batch, "trim");
         metrics::counter!("longlink_timeline_trimmed_total").increment(excess as u64);
     }
 
-    /// Deletes every entry older than `cutoff_ms`, bucket by bucket, oldest first.
-    fn prune(&mut self, cutoff_ms: i64) {
+    /// Walks the index's buckets oldest first while `until(bucket_end, bytes)` names a
+    /// time, deleting each bucket's timeline's entries older than that time; returns how
+    /// many it deleted (at most [`MAX_PRUNE`] a call).
+    fn drop_buckets(&mut self, until: impl Fn(i64, u64) -> Option<i64>) -> u64 {
         let mut batch = self.db.batch();
         let mut removed = 0;
         for item in self.index.iter() {
@@ -240,30 +283,45 @@ impl Writer {
                 batch.remove(&self.index, key.clone());
                 continue;
             };
-            if end > cutoff_ms || removed >= MAX_PRUNE {
+            let Some(before) = until(end, self.bytes).filter(|_| removed < MAX_PRUNE) else {
                 break;
-            }
+            };
             let p = &key[8..];
             let mut gone = 0;
             for entry in self.entries.prefix(p) {
-                let Ok(k) = entry.key() else { continue };
-                if at_ms(&k, p.len()).is_none_or(|at| at >= cutoff_ms) {
+                let Ok((k, v)) = entry.into_inner() else { continue };
+                if at_ms(&k, p.len()).is_none_or(|at| at >= before) {
                     break;
                 }
+                self.bytes -= size(&k, &v).min(self.bytes);
                 batch.remove(&self.entries, k);
                 gone += 1;
             }
             if let Some(tracked) = self.tracked.get_mut(p) {
                 tracked.n = tracked.n.saturating_sub(gone);
+                // Its bucket's index key is gone: the next entry indexes it again.
+                tracked.bucket_end = 0;
             }
             removed += gone;
             batch.remove(&self.index, key.clone());
         }
-        if let Err(error) = batch.commit() {
-            tracing::warn!(%error, "timeline prune failed");
-        }
-        metrics::counter!("longlink_timeline_pruned_total").increment(removed as u64);
+        self.commit_counted(batch, "prune");
+        removed as u64
     }
+
+    /// Commits `batch` with the byte count as it now stands.
+    fn commit_counted(&self, mut batch: OwnedWriteBatch, what: &str) {
+        batch.insert(&self.meta, BYTES, self.bytes.to_be_bytes());
+        if let Err(error) = batch.commit() {
+            tracing::warn!(%error, what, "timeline write failed");
+        }
+        self.shown.store(self.bytes, Ordering::Relaxed);
+        metrics::gauge!("longlink_timeline_bytes").set(self.bytes as f64);
+    }
+}
+
+fn size(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
 }
 
 fn at_ms(key: &[u8], prefix_len: usize) -> Option<i64> {
