@@ -20,6 +20,7 @@
 //! across a restart may hold up to twice its cap until it is trimmed.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -37,8 +38,9 @@ const MAX_BATCH: usize = 4_096;
 /// context switch) and a commit per note into one per batch: measured, most of the
 /// timeline's cost at 5,000 pushes/s was those wake-ups.
 const GATHER: Duration = Duration::from_millis(5);
-/// Timelines whose counts are kept; past it the map starts over.
-const MAX_TRACKED: usize = 16_384;
+/// Timelines whose counts are kept; past it the map starts over. Seven eighths of a
+/// power of two, the most a hash table of that many slots holds before it doubles.
+const MAX_TRACKED: usize = 14_336;
 /// Entries one prune tick deletes at most; the rest waits for the next tick.
 const MAX_PRUNE: usize = 100_000;
 /// A device's delivery failure like the last one written for it (same event and reason)
@@ -57,15 +59,25 @@ pub struct Spaces {
     pub meta: Keyspace,
 }
 
+/// What the writer knows of one timeline: 24 bytes, kept under a keyed hash of the
+/// timeline's prefix rather than the prefix itself, since every device that connects
+/// while its timeline is tracked costs one (measured: the map and its keys were a
+/// fifth of the server's heap with 19,000 idle connections).
 #[derive(Default)]
 struct Tracked {
-    n: usize,
+    n: u32,
+    /// Failures like the last one written not written since.
+    repeats: u32,
     /// The bucket this timeline was last indexed in.
     bucket_end: i64,
-    /// The last delivery failure written: event, reason, when.
-    last_failure: Option<(&'static str, String, i64)>,
-    /// Failures like it not written since.
-    repeats: u32,
+    /// The last delivery failure written; most timelines have none.
+    last_failure: Option<Box<Failure>>,
+}
+
+struct Failure {
+    event: &'static str,
+    reason: String,
+    at_ms: i64,
 }
 
 pub struct Writer {
@@ -80,7 +92,9 @@ pub struct Writer {
     bounds: Bounds,
     bucket_ms: i64,
     rx: Receiver<Op>,
-    tracked: HashMap<Vec<u8>, Tracked>,
+    tracked: HashMap<u64, Tracked>,
+    /// Keys `tracked` by timeline; seeded at random, so ids cannot be chosen to collide.
+    hasher: RandomState,
     counter: u32,
 }
 
@@ -105,9 +119,20 @@ impl Writer {
                 .sum(),
         };
         shown.store(bytes, Ordering::Relaxed);
-        let tracked = HashMap::new();
-        let counter = 0;
-        Writer { db, entries, index, meta, bytes, shown, bounds, bucket_ms, rx, tracked, counter }
+        Writer {
+            db,
+            entries,
+            index,
+            meta,
+            bytes,
+            shown,
+            bounds,
+            bucket_ms,
+            rx,
+            tracked: HashMap::with_capacity(MAX_TRACKED),
+            hasher: RandomState::new(),
+            counter: 0,
+        }
     }
 
     pub fn run(mut self) {
@@ -205,8 +230,10 @@ impl Writer {
     /// many it stands for.
     fn repeat(&mut self, p: &[u8], note: &Note) -> Option<Vec<u8>> {
         let tracked = self.tracked(p);
-        let same = tracked.last_failure.as_ref().is_some_and(|(event, reason, at)| {
-            *event == note.event && *reason == note.reason && note.at_ms - at < REPEAT_MS
+        let same = tracked.last_failure.as_ref().is_some_and(|last| {
+            last.event == note.event
+                && last.reason == note.reason
+                && note.at_ms - last.at_ms < REPEAT_MS
         });
         if same {
             tracked.repeats += 1;
@@ -219,7 +246,8 @@ impl Writer {
                 if entry.detail.is_empty() { more } else { format!("{}; {more}", entry.detail) };
         }
         tracked.repeats = 0;
-        tracked.last_failure = Some((note.event, note.reason.clone(), note.at_ms));
+        let failure = Failure { event: note.event, reason: note.reason.clone(), at_ms: note.at_ms };
+        tracked.last_failure = Some(Box::new(failure));
         Some(record::encode(&entry))
     }
 
@@ -237,29 +265,30 @@ impl Writer {
             key.extend_from_slice(p);
             batch.insert(&index, key, Vec::new());
         }
-        tracked.n > cap + cap / 8
+        tracked.n as usize > cap + cap / 8
     }
 
     /// What is known of timeline `p`, counted from the store when it is not tracked yet.
     fn tracked(&mut self, p: &[u8]) -> &mut Tracked {
-        if !self.tracked.contains_key(p) {
-            if self.tracked.len() >= MAX_TRACKED {
-                self.tracked.clear();
-            }
-            // Counted for every kind: a message's timeline may already be on disk when it
-            // was tracked before and forgotten (past MAX_TRACKED), and its cap must hold.
-            let n = self.entries.prefix(p).count();
-            return self.tracked.entry(p.to_vec()).or_insert(Tracked { n, ..Tracked::default() });
+        let h = self.hasher.hash_one(p);
+        if self.tracked.len() >= MAX_TRACKED && !self.tracked.contains_key(&h) {
+            self.tracked.clear();
         }
-        self.tracked.get_mut(p).expect("looked up above")
+        // Counted for every kind: a message's timeline may already be on disk when it
+        // was tracked before and forgotten (past MAX_TRACKED), and its cap must hold.
+        let entries = &self.entries;
+        self.tracked.entry(h).or_insert_with(|| {
+            let n = entries.prefix(p).count().try_into().unwrap_or(u32::MAX);
+            Tracked { n, ..Tracked::default() }
+        })
     }
 
     /// Deletes the oldest entries of timeline `p` beyond its cap.
     /// Reads only the keys it deletes: the count says how many are over.
     fn trim(&mut self, kind: Kind, p: &[u8]) {
-        let Some(tracked) = self.tracked.get_mut(p) else { return };
-        let excess = tracked.n.saturating_sub(self.bounds.cap(kind));
-        tracked.n -= excess;
+        let Some(tracked) = self.tracked.get_mut(&self.hasher.hash_one(p)) else { return };
+        let excess = (tracked.n as usize).saturating_sub(self.bounds.cap(kind));
+        tracked.n -= excess as u32;
         let mut batch = self.db.batch();
         for (key, value) in self.entries.prefix(p).take(excess).filter_map(|i| i.into_inner().ok())
         {
@@ -287,7 +316,7 @@ impl Writer {
                 break;
             };
             let p = &key[8..];
-            let mut gone = 0;
+            let mut gone = 0u32;
             for entry in self.entries.prefix(p) {
                 let Ok((k, v)) = entry.into_inner() else { continue };
                 if at_ms(&k, p.len()).is_none_or(|at| at >= before) {
@@ -297,12 +326,12 @@ impl Writer {
                 batch.remove(&self.entries, k);
                 gone += 1;
             }
-            if let Some(tracked) = self.tracked.get_mut(p) {
+            if let Some(tracked) = self.tracked.get_mut(&self.hasher.hash_one(p)) {
                 tracked.n = tracked.n.saturating_sub(gone);
                 // Its bucket's index key is gone: the next entry indexes it again.
                 tracked.bucket_end = 0;
             }
-            removed += gone;
+            removed += gone as usize;
             batch.remove(&self.index, key.clone());
         }
         self.commit_counted(batch, "prune");
