@@ -53,6 +53,14 @@ impl Requests {
         lock.lock_owned().await
     }
 
+    /// The first answer of `id`, if it has one, without taking its slot (dry runs).
+    /// A first attempt still running counts as none: it may yet be refused.
+    pub fn answered(&self, app: &Arc<str>, id: &str) -> Option<PushResponse> {
+        let lock = self.slots.get(&(app.clone(), id.to_string()))?.clone();
+        let answer = lock.try_lock().ok()?;
+        answer.as_ref().map(|a| a.response.clone())
+    }
+
     /// Records `response` as the answer of `id` in its slot and enqueues it for the store.
     pub fn remember(&self, slot: &mut Slot, store: &Store, app: &str, id: &str, answer: Answer) {
         let stored = StoredRequest {

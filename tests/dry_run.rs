@@ -66,7 +66,7 @@ async fn a_dry_run_answers_what_would_happen_and_changes_nothing() {
     assert_eq!(server.node().hub.pending(&key("offline")), 0);
     assert_eq!(server.node().hub.pending(&key("full")), 2);
     request.dry_run = false;
-    let real = router.push(request).await.unwrap().into_inner();
+    let real = router.push(request.clone()).await.unwrap().into_inner();
     assert_eq!(
         results(&real.results)[..3],
         [
@@ -77,6 +77,16 @@ async fn a_dry_run_answers_what_would_happen_and_changes_nothing() {
         "the real push does what the dry run said"
     );
     assert_eq!(next_push(&mut online).await.message_id, real.message_id);
+
+    // Now the id is taken: a dry run with it says what a retry would get, the first
+    // answer, and still delivers nothing.
+    request.dry_run = true;
+    let again = router.push(request).await.unwrap().into_inner();
+    assert_eq!(again.message_id, real.message_id, "a retry would get the first answer");
+    assert_eq!(results(&again.results), results(&real.results));
+    online.ping().await.unwrap();
+    let frame = within(5, online.recv()).await.unwrap();
+    assert!(matches!(frame.frame, Some(longlink::proto::device::server_frame::Frame::Pong(_))));
     server.stop().await;
 }
 

@@ -24,7 +24,14 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
     if request.request_id.len() > 128 || request.request_id.contains('\0') {
         return Err(Status::invalid_argument("bad_request_id: 1 to 128 bytes, without NUL"));
     }
-    // A dry run takes no idempotency slot: it is answered as a first attempt would be.
+    // A dry run takes no idempotency slot. With a request id already answered it gets
+    // that answer, as a retry would; otherwise it is answered as a first attempt would be.
+    if request.dry_run
+        && let Some(first) = node.requests.answered(&app, &request.request_id)
+    {
+        metrics::counter!("longlink_dry_runs_total").increment(1);
+        return Ok(first);
+    }
     if request.request_id.is_empty() || request.dry_run {
         let response = checked(node, &app, request)?;
         return durable(node, response).await;
