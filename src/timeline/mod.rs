@@ -65,6 +65,10 @@ pub struct Note {
     /// Sorts first among the entries of its millisecond (accepted, which is recorded
     /// after the sends it caused but happened before them).
     pub first: bool,
+    /// How many failures it stands for in `longlink_delivery_failures_total`, when not
+    /// one: a group entry repeats its devices' own entries (none), or stands for devices
+    /// that have none of their own (rejected ones).
+    pub failures: Option<u32>,
 }
 
 impl Note {
@@ -207,9 +211,11 @@ impl Timeline {
 
     /// Records `note` without waiting; counts it when it is a failure.
     pub fn record(&self, note: Note) {
-        if reason::is_failure(note.event) && !note.reason.is_empty() {
+        let failures = note.failures.unwrap_or(1);
+        if reason::is_failure(note.event) && !note.reason.is_empty() && failures > 0 {
             let label = reason::metric_label(&note.reason);
-            metrics::counter!("longlink_delivery_failures_total", "reason" => label).increment(1);
+            metrics::counter!("longlink_delivery_failures_total", "reason" => label)
+                .increment(failures.into());
         }
         let Some(inner) = &self.0 else { return };
         match inner.tx.try_send(Op::Note(note)) {

@@ -136,6 +136,8 @@ impl Group<'_> {
         let mut note = app_note(self.event, app).reason(self.reason);
         note.message_id = message_id.to_string();
         note.message_only = true;
+        let own_entries = self.event != "rejected";
+        note.failures = Some(if own_entries { 0 } else { self.devices.len() as u32 });
         match self.devices.as_slice() {
             [one] if self.event != "rejected" => note.device = Some((*one).into()),
             many => {
