@@ -251,6 +251,48 @@ async fn cursors_ahead_huge_and_zero() {
     drop(liar);
 }
 
+/// A TTL-0 broadcast's `sent` counts the devices it was written to: one that connects
+/// while the fan-out walks the registry skips it in its catch-up (it is for the devices
+/// online when it was sent) and must not be counted as sent when the walk reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl0_broadcast_counts_as_sent_only_the_devices_that_got_it() {
+    use longlink::hub::Profile;
+    use longlink::link::Link;
+    use longlink::session::{Session, Transport};
+    let server = start().await;
+    // Offline devices that make the walk long enough for a connect to land inside it.
+    // Known devices (the first 40 connect again, one per trial, during a broadcast).
+    for i in 0..20_000u64 {
+        let key = DeviceKey::new(APP, &format!("away{i}"));
+        let link = Arc::new(Link::new(i + 1, 60_000, 0));
+        let session =
+            Session { id: i + 1, link, transport: Transport::Tcp, since_ms: 0, heartbeat_secs: 60 };
+        server.node().hub.connect(&key, Profile::default(), session);
+        server.node().hub.disconnect(&key, i + 1, 0);
+    }
+    let mut router = server.router().await;
+    let mut wrong = Vec::new();
+    for trial in 0..40u64 {
+        let id = format!("away{trial}");
+        let (endpoint, token) = (server.tcp(), server.token(&id));
+        let late = tokio::spawn(async move {
+            // Spread over the time the request takes to reach the walk and the walk.
+            tokio::time::sleep(Duration::from_micros(trial * 500)).await;
+            let mut d = connect_at(&endpoint, &id, &token, 0).await;
+            push_within(&mut d, 300).await.is_some()
+        });
+        let r = router.push(broadcast(&format!("E{trial}"), false, Some(0))).await.unwrap();
+        let sent = r.into_inner().broadcast.unwrap().sent;
+        let got = late.await.unwrap() as u64;
+        if sent != got {
+            wrong.push((trial, sent, got));
+        }
+        let key = DeviceKey::new(APP, &format!("away{trial}"));
+        eventually(5, || server.node().hub.session(&key).is_none()).await;
+    }
+    assert!(wrong.is_empty(), "(trial, counted as sent, devices that got it): {wrong:?}");
+}
+
 /// An ack ahead of what the device was written (a liar, or an ack racing a fan-out
 /// that has not reached the device yet) acks only what it was written: the broadcasts
 /// the send window held back still arrive, in order.

@@ -84,7 +84,9 @@ impl Hub {
             if let Some(link) = device.open_link() {
                 self.pump_broadcasts(key, device, &link, Occasion::Fanout(&entry));
             }
-            fanout.count(device.cursor.scanned >= entry.seq, ephemeral);
+            // Written, not scanned: a device that connected during this walk skipped a
+            // TTL-0 broadcast in its catch-up and has scanned past it without having it.
+            fanout.count(device.cursor.written >= entry.seq, ephemeral);
         }
         if ephemeral {
             self.broadcasts.remove(app, entry.seq);
