@@ -55,6 +55,9 @@ pub struct DeviceConfig {
     /// Handshakes in progress at once; connections beyond it get `Error(BUSY)` with a
     /// retry delay instead of waiting.
     pub max_handshakes: usize,
+    /// Of those, how many one peer address may hold; past it its new connections get
+    /// `Error(BUSY)` too, so one peer cannot take every slot.
+    pub max_handshakes_per_peer: usize,
     /// Costly inbound frames (Report, Bind, Unbind, Receipt, Ack with message ids) per second one
     /// connection may send; past it the connection is closed with `RATE_LIMITED`. Pings
     /// and cumulative acks are not counted.
@@ -256,6 +259,7 @@ impl Default for DeviceConfig {
             max_payload_bytes: 4 * 1024,
             max_connections: 10_000,
             max_handshakes: 2_048,
+            max_handshakes_per_peer: 256,
             busy_retry_ms: 2_000,
             max_frames_per_sec: 50,
             outbound_max_frames: 512,
@@ -434,6 +438,7 @@ impl Config {
             ("device.max_frame_bytes", d.max_frame_bytes),
             ("device.max_hello_frame_bytes", d.max_hello_frame_bytes),
             ("device.max_handshakes", d.max_handshakes),
+            ("device.max_handshakes_per_peer", d.max_handshakes_per_peer),
             ("device.outbound_max_frames", d.outbound_max_frames),
             ("device.outbound_max_bytes", d.outbound_max_bytes),
             ("device.send_window", d.send_window),

@@ -16,9 +16,9 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, field};
 
+use crate::admission::Permit;
 use crate::close::{CloseReason, Level};
 use crate::frame::Decoder;
 use crate::handler::{Handler, costly};
@@ -50,7 +50,7 @@ pub fn serve(
     socket: TcpStream,
     peer: SocketAddr,
     tls: Option<Acceptor>,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
 ) -> impl Future<Output = ()> + Send + 'static {
     let transport = if tls.is_some() { "tls" } else { "tcp" };
     // At debug: a span held by every idle connection costs the log subscriber about
@@ -84,7 +84,7 @@ async fn open(
     socket: TcpStream,
     peer: SocketAddr,
     tls: Option<Acceptor>,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
 ) -> Option<Live> {
     let deadline = tokio::time::Instant::now() + node.settings.handshake_timeout;
     let outcome = handshake::run(&node, socket, tls, deadline).await;

@@ -9,6 +9,7 @@
 //! `trace`.
 
 pub mod admin;
+pub mod admission;
 pub mod apps;
 pub mod broadcast;
 pub mod cli;

@@ -3,8 +3,9 @@
 //! It survives running out of file descriptors: accept errors for lack of descriptors
 //! back off (a few milliseconds, doubling up to [`MAX_BACKOFF`]) instead of spinning, are
 //! logged at most once per [`LOG_EVERY`] with a count, and accepting resumes by itself as
-//! soon as descriptors free up. Sockets beyond the handshake admission limit are answered
-//! BUSY with a retry delay rather than left waiting.
+//! soon as descriptors free up. Sockets beyond the handshake admission limits (in all, and
+//! per peer address: [`crate::admission`]) are answered BUSY with a retry delay rather
+//! than left waiting.
 
 use std::io;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::admission::Refused;
 use crate::connection;
 use crate::node::Node;
 use crate::tls_stream::Acceptor;
@@ -43,11 +45,14 @@ pub async fn run(
                 prepare(&socket, node.settings.send_buffer_bytes);
                 let node = node.clone();
                 let tls = tls.clone();
-                match node.handshakes.clone().try_acquire_owned() {
+                match node.admission.admit(peer.ip()) {
                     Ok(permit) => {
                         tokio::spawn(connection::serve(node, socket, peer, tls, permit));
                     }
-                    Err(_) => {
+                    Err(refused) => {
+                        if refused == Refused::Peer {
+                            tracing::debug!(%peer, "busy: this address holds its share of the handshakes");
+                        }
                         tokio::spawn(connection::busy(node, socket, tls));
                     }
                 }

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
+use crate::admission::Admission;
 use crate::apps::Apps;
 use crate::config::{Config, HeartbeatConfig};
 use crate::hub::Hub;
@@ -82,7 +83,8 @@ pub struct Node {
     pub apps: RwLock<Arc<Apps>>,
     pub settings: Settings,
     /// Handshakes in progress; a connection that finds none free is told BUSY.
-    pub handshakes: Arc<Semaphore>,
+    /// Handshakes in progress, in all and per peer address.
+    pub admission: Arc<Admission>,
     /// Handshake failures and kicks of the last minutes, for the status page.
     pub recent: Recent,
     draining: AtomicBool,
@@ -93,13 +95,13 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(hub: Hub, apps: Apps, settings: Settings, max_handshakes: usize) -> Self {
+    pub fn new(hub: Hub, apps: Apps, settings: Settings, admission: Arc<Admission>) -> Self {
         Node {
             hub,
             requests: Requests::default(),
             apps: RwLock::new(Arc::new(apps)),
             settings,
-            handshakes: Arc::new(Semaphore::new(max_handshakes)),
+            admission,
             recent: Recent::default(),
             draining: AtomicBool::new(false),
             // Session ids start from a random point so that ids from two runs differ.

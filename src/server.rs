@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admission::Admission;
 use crate::apps::Apps;
 use crate::close::CloseReason;
 use crate::config::Config;
@@ -120,7 +121,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 fn build_node(config: &Config, apps: Apps, store: Arc<Store>) -> Node {
     let limits = HubLimits::from_config(config);
     let hub = Hub::new(limits, Arc::new(Heartbeats::default()), store);
-    Node::new(hub, apps, Settings::from_config(config), config.device.max_handshakes)
+    let d = &config.device;
+    let admission = Admission::new(d.max_handshakes, d.max_handshakes_per_peer);
+    Node::new(hub, apps, Settings::from_config(config), admission)
 }
 
 /// Loads what the store kept into the hub before any listener opens.

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use longlink::client::{ClientError, Device, hello};
+use longlink::client::{ClientError, Device, Endpoint, hello};
 use longlink::config::RouterKey;
 use longlink::proto::device::{ErrorCode, KickReason};
 use longlink::proto::router::PresenceRequest;
@@ -104,6 +104,33 @@ async fn router_keys_are_required_and_limited_to_their_apps() {
     server.stop().await;
 }
 
+/// One peer address holding its share of the handshake slots gets BUSY for more, while
+/// another address is still admitted; its share comes back as its handshakes end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_handshake_slot() {
+    let server = start_with(|c| c.device.max_handshakes_per_peer = 3).await;
+    let from = |ip: &str| Endpoint { bind: Some(ip.parse().unwrap()), ..server.tcp() };
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        holders.push(Device::connect(&from("127.0.0.1")).await.unwrap());
+    }
+    eventually(5, || server.node().admission.from_peer("127.0.0.1".parse().unwrap()) == 3).await;
+    let mut late = Device::connect(&from("127.0.0.1")).await.unwrap();
+    match within(5, late.recv()).await {
+        Err(ClientError::Refused(e)) => assert_eq!(e.code(), ErrorCode::Busy),
+        other => panic!("expected BUSY, got {other:?}"),
+    }
+    let mut other = Device::connect(&from("127.0.0.2")).await.unwrap();
+    within(5, other.hello(hello(APP, "elsewhere", &server.token("elsewhere"), 0))).await.unwrap();
+    let busy = metric(&server, "longlink_handshake_failures_total{reason=\"busy\"}").await;
+    assert!(busy >= 1.0, "{busy}");
+    drop(holders.pop());
+    eventually(5, || server.node().admission.from_peer("127.0.0.1".parse().unwrap()) == 2).await;
+    let mut again = Device::connect(&from("127.0.0.1")).await.unwrap();
+    within(5, again.hello(hello(APP, "again", &server.token("again"), 0))).await.unwrap();
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_over_the_admission_limit_get_busy_with_a_retry_delay() {
     let server = start_with(|c| {
@@ -164,7 +191,7 @@ async fn the_connection_task_keeps_little_state() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
     let (socket, peer) = listener.accept().await.unwrap();
-    let permit = server.node().handshakes.clone().try_acquire_owned().unwrap();
+    let permit = server.node().admission.admit(peer.ip()).unwrap();
     let task = longlink::connection::serve(server.node().clone(), socket, peer, None, permit);
     let size = std::mem::size_of_val(&task);
     println!("connection task state: {size} bytes");

@@ -1,0 +1,113 @@
+//! Handshake admission: how many handshakes may be in progress at once, in all and from
+//! one peer address, so that one peer opening sockets and sending nothing cannot hold
+//! every slot until the handshake deadline. A socket past either bound is answered
+//! `BUSY` with a retry delay.
+//!
+//! The bound is per address, not per network: devices behind one carrier NAT share an
+//! address, and the default leaves them an eighth of all slots.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    per_peer: usize,
+    /// Handshakes in progress per address; an address leaves the map with its last one.
+    peers: DashMap<IpAddr, usize>,
+}
+
+/// One admitted handshake; its slots are given back when it is dropped.
+#[derive(Debug)]
+pub struct Permit {
+    _slot: OwnedSemaphorePermit,
+    admission: Arc<Admission>,
+    peer: IpAddr,
+}
+
+/// Why a handshake was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every slot is taken.
+    Full,
+    /// This address holds its share of the slots.
+    Peer,
+}
+
+impl Admission {
+    pub fn new(max: usize, per_peer: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            slots: Arc::new(Semaphore::new(max)),
+            per_peer,
+            peers: DashMap::new(),
+        })
+    }
+
+    /// A slot for a handshake from `peer`, or why there is none.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Permit, Refused> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| Refused::Full)?;
+        let mut count = self.peers.entry(peer).or_insert(0);
+        if *count >= self.per_peer {
+            return Err(Refused::Peer);
+        }
+        *count += 1;
+        drop(count);
+        Ok(Permit { _slot: slot, admission: self.clone(), peer })
+    }
+
+    /// Handshakes in progress from `peer`.
+    pub fn from_peer(&self, peer: IpAddr) -> usize {
+        self.peers.get(&peer).map_or(0, |n| *n)
+    }
+
+    /// Handshake slots free now.
+    pub fn available(&self) -> usize {
+        self.slots.available_permits()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.admission.peers.remove_if_mut(&self.peer, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_gets_its_share_and_the_others_the_rest() {
+        let admission = Admission::new(4, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = admission.admit(a).unwrap();
+        let _second = admission.admit(a).unwrap();
+        assert_eq!(admission.admit(a).unwrap_err(), Refused::Peer);
+        let _b1 = admission.admit(b).unwrap();
+        let _b2 = admission.admit(b).unwrap();
+        assert_eq!(admission.admit(b).unwrap_err(), Refused::Full);
+        drop(first);
+        assert_eq!(admission.from_peer(a), 1);
+        let _again = admission.admit(a).unwrap();
+        assert_eq!(admission.available(), 0);
+    }
+
+    #[test]
+    fn an_address_leaves_the_map_with_its_last_handshake() {
+        let admission = Admission::new(8, 8);
+        let a: IpAddr = "::1".parse().unwrap();
+        let permits: Vec<_> = (0..3).map(|_| admission.admit(a).unwrap()).collect();
+        assert_eq!(admission.from_peer(a), 3);
+        drop(permits);
+        assert_eq!(admission.from_peer(a), 0);
+        assert!(admission.peers.is_empty());
+        assert_eq!(admission.available(), 8);
+    }
+}
