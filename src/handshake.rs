@@ -185,7 +185,7 @@ pub fn user_of(claims: &crate::token::Claims) -> Result<Option<String>, CloseRea
 }
 
 /// Largest `acked_seq` and `broadcast_cursor` a Hello may carry, so counters never wrap.
-const MAX_COUNTER: u64 = 1 << 48;
+pub const MAX_COUNTER: u64 = 1 << 48;
 
 /// Field limits from the protocol documentation.
 fn valid_hello(hello: &Hello) -> bool {

@@ -236,12 +236,24 @@ async fn cursors_ahead_huge_and_zero() {
     let mut h = hello(APP, "liar", &server.token("liar"), 0);
     h.broadcast_cursor = (1 << 48) + 1;
     assert!(within(5, d.hello(h)).await.is_err(), "cursor over 2^48 refused");
-    // At the limit: accepted, and it moves the whole app's seq.
+    // At the limit: accepted, and it moves the app's seq, but only half way, so that the
+    // seqs given out after it can always be reported back.
     let liar = connect_at(&server.tcp(), "liar", &server.token("liar"), 1 << 48).await;
     let r = router.push(broadcast("second", false, None)).await.unwrap().into_inner();
     let seq = r.broadcast.unwrap().broadcast_seq;
+    assert_eq!(seq, (1 << 47) + 1);
     let p = next_push(&mut honest).await;
     assert_eq!(p.broadcast_seq, seq, "the honest device gets the seq the answer gave");
+    honest.ack_broadcast(seq).await.unwrap();
+    drop(honest);
+    eventually(5, || server.node().hub.session(&DeviceKey::new(APP, "honest")).is_none()).await;
+    // The honest device comes back with the cursor it was handed: welcome, and it gets
+    // what follows (F1: it was refused on every reconnect, and so was the whole fleet).
+    let mut honest = connect_at(&server.tcp(), "honest", &server.token("honest"), seq).await;
+    let again = router.push(broadcast("after", false, None)).await.unwrap().into_inner();
+    let after = again.broadcast.unwrap().broadcast_seq;
+    assert_eq!(next_push(&mut honest).await.broadcast_seq, after);
+    assert_eq!(after, seq + 1);
     // An Ack far ahead is clamped.
     honest.ack_broadcast(u64::MAX).await.unwrap();
     let r = router.push(broadcast("third", false, None)).await.unwrap().into_inner();
