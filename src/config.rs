@@ -59,8 +59,8 @@ pub struct DeviceConfig {
     /// `Error(BUSY)` too, so one peer cannot take every slot.
     pub max_handshakes_per_peer: usize,
     /// Costly inbound frames (Report, Bind, Unbind, Receipt, Ack with message ids) per second one
-    /// connection may send; past it the connection is closed with `RATE_LIMITED`. Pings
-    /// and cumulative acks are not counted.
+    /// connection may send (a burst of that many, refilled at that rate); past it the
+    /// connection is closed with `RATE_LIMITED`. Pings and cumulative acks are not counted.
     pub max_frames_per_sec: u32,
     /// Retry delay handed to connections refused at the handshake limit, in milliseconds
     /// (randomized between this and twice this).

@@ -267,27 +267,31 @@ struct Live {
     budget: Budget,
 }
 
-/// Costly inbound frames per second a connection may send (those that write to the store
-/// or scan a mailbox: Report, Bind, Unbind, Receipt, Ack with ids), over a fixed one-second
-/// window, so that a misbehaving app cannot make the node write or compute without bound.
-/// Each is charged before it is handled, so the allowance holds within one read too. Pings
-/// and cumulative acks are not counted: they cost a few atomic operations, and a device
-/// replaying a backlog acks as fast as it reads.
+/// Costly inbound frames a connection may send (those that write to the store or scan a
+/// mailbox: Report, Bind, Unbind, Receipt, Ack with ids), so that a misbehaving app cannot
+/// make the node write or compute without bound: a token bucket holding `per_sec` frames,
+/// refilled at `per_sec` a second (kept as the time it is full again). A fixed window let
+/// twice the allowance through across its edge. Each frame is charged before it is
+/// handled, so the allowance holds within one read too. Pings and cumulative acks are not
+/// counted: they cost a few atomic operations, and a device replaying a backlog acks as
+/// fast as it reads.
 #[derive(Debug, Default)]
 struct Budget {
-    window_start_ms: u64,
-    frames: u32,
+    /// When the bucket is full again, in microseconds on the node's clock.
+    full_at_us: u64,
 }
 
 impl Budget {
-    /// Counts one frame at `now_ms`; false once the window's allowance is spent.
+    /// Takes one frame's token at `now_ms`; false when the bucket is empty.
     fn spend(&mut self, now_ms: u64, per_sec: u32) -> bool {
-        if now_ms >= self.window_start_ms + 1000 {
-            self.window_start_ms = now_ms;
-            self.frames = 0;
+        const SECOND_US: u64 = 1_000_000;
+        let now = now_ms.saturating_mul(1000);
+        let after = self.full_at_us.max(now) + SECOND_US / u64::from(per_sec.max(1));
+        if after - now > SECOND_US {
+            return false;
         }
-        self.frames = self.frames.saturating_add(1);
-        self.frames <= per_sec
+        self.full_at_us = after;
+        true
     }
 }
 

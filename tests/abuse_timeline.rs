@@ -158,6 +158,39 @@ async fn a_burst_of_costly_frames_in_one_write_stops_at_the_allowance() {
     }
 }
 
+/// The allowance holds across any second, not per fixed window: a burst just after
+/// another one, across what used to be a window's edge, is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_a_second_boundary_stops_at_the_allowance() {
+    let server = start().await;
+    let (mut v, _) = server.device("v").await;
+    let m = server.notify(&["v"], "hello").await.message_id;
+    next_push(&mut v).await;
+    let (mut d, _) = server.device("edge").await;
+    let receipts = |n: usize| {
+        let mut bytes = Vec::new();
+        for _ in 0..n {
+            let status = ReceiptStatus::Displayed as i32;
+            let r = Receipt { message_id: m.clone(), status, ..Default::default() };
+            let frame = ClientFrame { frame: Some(client_frame::Frame::Receipt(r)) };
+            bytes.extend_from_slice(&longlink::frame::encode(&frame));
+        }
+        bytes
+    };
+    d.send_raw(&receipts(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(940)).await;
+    d.send_raw(&receipts(49)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = d.send_raw(&receipts(50)).await;
+    let closed = within(5, d.until_closed()).await;
+    assert!(closed.iter().any(|f| format!("{f:?}").contains("RateLimited")), "{closed:?}");
+    server.node().hub.receipts.timeline().settled().await;
+    let (_, message) = api(&server, &format!("/api/message?app=demo&message={m}")).await;
+    let handled =
+        message["timeline"].as_array().unwrap().iter().filter(|e| e["device_id"] == "edge").count();
+    assert!(handled <= 75, "{handled} of 100 handled within about 1.1 s, allowance 50/s");
+}
+
 /// Unauthenticated Hellos with made-up device ids: the rejections of ids this node has
 /// never seen authenticate are kept at a bounded rate (the rest only counted), so anyone
 /// who can reach the device port cannot fill the timeline with made-up devices.
