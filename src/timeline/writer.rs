@@ -107,8 +107,11 @@ impl Writer {
         shown: Arc<AtomicU64>,
     ) -> Writer {
         let Spaces { entries, index, meta } = spaces;
-        // Eight buckets per retention window: pruning runs at most an eighth late.
-        let bucket_ms = (bounds.retention_ms / 8).clamp(1_000, 3_600_000);
+        // Eight buckets per retention window, a minute at most: pruning runs at most an
+        // eighth late, and the size cap deletes the oldest minute first (whole timelines
+        // in key order within a bucket: with hour-long buckets, a busy hour lost every
+        // device's history before any message's).
+        let bucket_ms = (bounds.retention_ms / 8).clamp(1_000, 60_000);
         let bytes = match meta.get(BYTES) {
             Ok(Some(v)) if v.len() == 8 => u64::from_be_bytes((*v).try_into().expect("8")),
             // Written before the count was kept: counted once.
@@ -119,6 +122,7 @@ impl Writer {
                 .sum(),
         };
         shown.store(bytes, Ordering::Relaxed);
+        metrics::gauge!("longlink_timeline_bytes").set(bytes as f64);
         Writer {
             db,
             entries,
