@@ -157,7 +157,13 @@ fn assert_exposition_is_well_formed(text: &str) {
     for histogram in ["longlink_delivery_seconds", "longlink_broadcast_fanout_seconds"] {
         assert!(text.contains(&format!("# TYPE {histogram} histogram")), "{histogram}\n{text}");
     }
-    for gauge in ["longlink_sessions", "longlink_store_messages", "longlink_store_bytes"] {
+    let gauges = [
+        "longlink_sessions",
+        "longlink_store_messages",
+        "longlink_store_bytes",
+        "longlink_timeline_bytes",
+    ];
+    for gauge in gauges {
         assert!(typed.contains(&gauge), "{gauge} missing");
     }
 }
