@@ -4,7 +4,7 @@
 //! `BUSY` with a retry delay.
 //!
 //! The bound is per address, not per network: devices behind one carrier NAT share an
-//! address, and the default leaves them an eighth of all slots.
+//! address, and the default leaves one address half of all slots.
 
 use std::net::IpAddr;
 use std::sync::Arc;

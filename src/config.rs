@@ -59,8 +59,9 @@ pub struct DeviceConfig {
     /// `Error(BUSY)` too, so one peer cannot take every slot.
     pub max_handshakes_per_peer: usize,
     /// Costly inbound frames (Report, Bind, Unbind, Receipt, Ack with message ids) per second one
-    /// connection may send (a burst of that many, refilled at that rate); past it the
-    /// connection is closed with `RATE_LIMITED`. Pings and cumulative acks are not counted.
+    /// device may send (a burst of that many, refilled at that rate; kept across its
+    /// reconnects, and each Hello takes one); past it the connection is closed with
+    /// `RATE_LIMITED`. Pings and cumulative acks are not counted.
     pub max_frames_per_sec: u32,
     /// Retry delay handed to connections refused at the handshake limit, in milliseconds
     /// (randomized between this and twice this).
@@ -259,7 +260,7 @@ impl Default for DeviceConfig {
             max_payload_bytes: 4 * 1024,
             max_connections: 10_000,
             max_handshakes: 2_048,
-            max_handshakes_per_peer: 256,
+            max_handshakes_per_peer: 1_024,
             busy_retry_ms: 2_000,
             max_frames_per_sec: 50,
             outbound_max_frames: 512,

@@ -165,16 +165,8 @@ async fn welcome(node: &Arc<Node>, established: Established, peer: SocketAddr) -
         return None;
     }
     node.hub.heartbeats.watch(&link);
-    let mut conn = Live {
-        stream,
-        decoder,
-        link,
-        node: node.clone(),
-        key,
-        writing: None,
-        flush: false,
-        budget: Budget::default(),
-    };
+    let mut conn =
+        Live { stream, decoder, link, node: node.clone(), key, writing: None, flush: false };
     // Frames the app pipelined behind its Hello are already buffered: handle them now.
     if let Err(reason) = conn.feed(&[], node.hub.heartbeats.now_ms()) {
         conn.link.close(reason);
@@ -264,35 +256,6 @@ struct Live {
     writing: Option<Bytes>,
     /// Bytes were written since the last flush (TLS buffers them).
     flush: bool,
-    budget: Budget,
-}
-
-/// Costly inbound frames a connection may send (those that write to the store or scan a
-/// mailbox: Report, Bind, Unbind, Receipt, Ack with ids), so that a misbehaving app cannot
-/// make the node write or compute without bound: a token bucket holding `per_sec` frames,
-/// refilled at `per_sec` a second (kept as the time it is full again). A fixed window let
-/// twice the allowance through across its edge. Each frame is charged before it is
-/// handled, so the allowance holds within one read too. Pings and cumulative acks are not
-/// counted: they cost a few atomic operations, and a device replaying a backlog acks as
-/// fast as it reads.
-#[derive(Debug, Default)]
-struct Budget {
-    /// When the bucket is full again, in microseconds on the node's clock.
-    full_at_us: u64,
-}
-
-impl Budget {
-    /// Takes one frame's token at `now_ms`; false when the bucket is empty.
-    fn spend(&mut self, now_ms: u64, per_sec: u32) -> bool {
-        const SECOND_US: u64 = 1_000_000;
-        let now = now_ms.saturating_mul(1000);
-        let after = self.full_at_us.max(now) + SECOND_US / u64::from(per_sec.max(1));
-        if after - now > SECOND_US {
-            return false;
-        }
-        self.full_at_us = after;
-        true
-    }
 }
 
 impl Future for &mut Live {
@@ -382,12 +345,12 @@ impl Live {
         let mut failure = None;
         let handler = Handler { node: &self.node, key: &self.key, link: &self.link };
         let per_sec = self.node.settings.max_frames_per_sec;
-        let budget = &mut self.budget;
+        let link = &self.link;
         self.decoder
             .feed::<ClientFrame, _>(bytes, |frame| {
                 // Charged before the frame is handled: one read can carry hundreds of
                 // small frames, and none past the allowance may reach the store.
-                if costly(&frame) && !budget.spend(now_ms, per_sec) {
+                if costly(&frame) && !link.spend(now_ms, per_sec) {
                     failure = Some(CloseReason::RateLimited);
                     return false;
                 }

@@ -87,6 +87,12 @@ async fn greet(
         return Err(CloseReason::Refused { retry_after_ms: node.settings.reconnect_delay_ms() });
     }
     let settings = &node.settings;
+    // A Hello is costly work too: a device reconnecting in a loop spends its allowance.
+    let now_ms = node.hub.heartbeats.now_ms();
+    let carried = node.hub.budget(&key);
+    let Some(budget) = crate::budget::take(carried, now_ms, settings.max_frames_per_sec) else {
+        return Err(CloseReason::RateLimited);
+    };
     let heartbeat_secs = settings.heartbeat_secs(hello.heartbeat_secs);
     let silence_limit_ms = settings.silence_limit_ms(heartbeat_secs);
     let id = node.next_session_id();
@@ -101,8 +107,9 @@ async fn greet(
     let frame = ServerFrame { frame: Some(server_frame::Frame::Welcome(welcome)) };
     let welcome = crate::frame::encode(&frame);
     decoder.set_limit(settings.max_frame_bytes);
-    let link = Arc::new(Link::new(id, silence_limit_ms, node.hub.heartbeats.now_ms()));
+    let link = Arc::new(Link::new(id, silence_limit_ms, now_ms));
     link.set_token_expiry(token_exp);
+    link.carry_budget(budget);
     let session =
         Session { id, link, transport, since_ms: crate::clock::unix_ms(), heartbeat_secs };
     let profile = Profile {

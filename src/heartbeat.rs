@@ -46,7 +46,7 @@ impl Heartbeats {
 
     /// Starts watching `link` from its last-seen time.
     pub fn watch(&self, link: &Arc<Link>) {
-        let due = link.last_seen_ms() + link.silence_limit_ms;
+        let due = link.last_seen_ms() + link.silence_limit_ms();
         self.wheel.lock().entry(bucket(due)).or_default().push(Arc::downgrade(link));
     }
 
@@ -61,7 +61,7 @@ impl Heartbeats {
             if link.is_closing() {
                 continue;
             }
-            let deadline = link.last_seen_ms() + link.silence_limit_ms;
+            let deadline = link.last_seen_ms() + link.silence_limit_ms();
             if deadline <= now_ms {
                 if link.close(CloseReason::HeartbeatTimeout) {
                     closed += 1;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::broadcast::Broadcasts;
+use crate::budget::Budgets;
 use crate::close::CloseReason;
 use crate::heartbeat::Heartbeats;
 use crate::link::{Link, OutboundLimits, Sent};
@@ -178,6 +179,8 @@ pub struct Hub {
     pub heartbeats: Arc<Heartbeats>,
     pub receipts: Receipts,
     pub broadcasts: Broadcasts,
+    /// Allowances of devices whose last link ended with some spent.
+    pub budgets: Budgets,
     devices: DashMap<DeviceKey, Device>,
     users: UserIndex,
     versions: DashMap<Arc<str>, ()>,
@@ -192,6 +195,7 @@ impl Hub {
             heartbeats,
             receipts: Receipts::default(),
             broadcasts: Broadcasts::default(),
+            budgets: Budgets::default(),
             devices: DashMap::with_shard_amount(SHARDS),
             users: DashMap::with_shard_amount(SHARDS),
             versions: DashMap::new(),
@@ -296,12 +300,23 @@ impl Hub {
         match device.live.replace(session) {
             Some(old) => {
                 old.link.close(CloseReason::Replaced);
+                link.carry_budget(old.link.budget());
                 self.sessions.moved(&key.app, old.transport, transport);
             }
-            None => self.sessions.opened(&key.app, transport),
+            None => {
+                link.carry_budget(self.budgets.take(key));
+                self.sessions.opened(&key.app, transport);
+            }
         }
         self.pump(key, &mut device, &link);
         self.pump_broadcasts(key, &mut device, &link, Occasion::Connect);
+    }
+
+    /// The device's costly-work allowance ([`crate::budget`]): its live link's, or the one
+    /// kept since its last link ended.
+    pub fn budget(&self, key: &DeviceKey) -> u64 {
+        let live = self.devices.get(key).and_then(|d| d.live.as_ref().map(|s| s.link.budget()));
+        live.unwrap_or_else(|| self.budgets.get(key))
     }
 
     /// Ends session `session_id` of the device, unless a newer session replaced it.
@@ -310,6 +325,7 @@ impl Hub {
             && let Some(ended) = device.live.take_if(|s| s.id == session_id)
         {
             self.sessions.closed(&key.app, ended.transport);
+            self.budgets.keep(key, ended.link.budget(), self.heartbeats.now_ms());
             device.last_seen_ms = now_unix_ms;
             self.persist_device(key, &device);
         }

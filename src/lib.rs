@@ -12,6 +12,7 @@ pub mod admin;
 pub mod admission;
 pub mod apps;
 pub mod broadcast;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -7,7 +7,7 @@
 //! push. The connection task is the only reader of the queue.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
@@ -40,12 +40,16 @@ pub struct Link {
     /// Identifies the session this link belongs to; takeover checks compare it.
     pub session_id: u64,
     /// Silence after which the heartbeat wheel closes this link, in milliseconds.
-    pub silence_limit_ms: u64,
+    silence_limit_ms: u32,
+    /// When the device token of this session expires (its `exp`), Unix seconds (u32: the
+    /// year 2106; `u32::MAX`: never); a `Bind` with a fresh token moves it.
+    token_expires_secs: AtomicU32,
     /// Last time any frame arrived, in [`crate::heartbeat::Heartbeats::now_ms`] units.
     last_seen_ms: AtomicU64,
-    /// When the device token of this session expires (its `exp`), Unix seconds; a `Bind`
-    /// with a fresh token moves it.
-    token_expires_secs: AtomicI64,
+    /// The device's costly-frame allowance ([`crate::budget`]): when it is full again,
+    /// microseconds on the same clock. Written by the connection task, and copied into a
+    /// link that takes the session over.
+    budget: AtomicU64,
     outbox: Mutex<Outbox>,
     waker: AtomicWaker,
 }
@@ -62,9 +66,10 @@ impl Link {
     pub fn new(session_id: u64, silence_limit_ms: u64, now_ms: u64) -> Self {
         Link {
             session_id,
-            silence_limit_ms,
+            silence_limit_ms: silence_limit_ms.try_into().unwrap_or(u32::MAX),
+            token_expires_secs: AtomicU32::new(u32::MAX),
             last_seen_ms: AtomicU64::new(now_ms),
-            token_expires_secs: AtomicI64::new(i64::MAX),
+            budget: AtomicU64::new(0),
             outbox: Mutex::new(Outbox::default()),
             waker: AtomicWaker::new(),
         }
@@ -144,13 +149,41 @@ impl Link {
     }
 
     pub fn set_token_expiry(&self, exp_secs: i64) {
-        self.token_expires_secs.store(exp_secs, Ordering::Relaxed);
+        let exp = exp_secs.clamp(0, u32::MAX.into()) as u32;
+        self.token_expires_secs.store(exp, Ordering::Relaxed);
     }
 
     /// True when the session's token expired before `now_secs` (skew allowed).
     pub fn token_expired(&self, now_secs: i64) -> bool {
         let exp = self.token_expires_secs.load(Ordering::Relaxed);
-        exp.saturating_add(crate::token::SKEW_SECS) < now_secs
+        i64::from(exp).saturating_add(crate::token::SKEW_SECS) < now_secs
+    }
+
+    /// Silence after which the heartbeat wheel closes this link, in milliseconds.
+    pub fn silence_limit_ms(&self) -> u64 {
+        self.silence_limit_ms.into()
+    }
+
+    /// Takes one token of the device's allowance at `now_ms`; false when it is spent.
+    pub fn spend(&self, now_ms: u64, per_sec: u32) -> bool {
+        let at = self.budget.load(Ordering::Relaxed);
+        match crate::budget::take(at, now_ms, per_sec) {
+            Some(after) => {
+                self.budget.store(after, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The device's allowance as this link holds it ([`crate::budget`]).
+    pub fn budget(&self) -> u64 {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Carries a spent allowance over from an earlier link of the device.
+    pub fn carry_budget(&self, full_at_us: u64) {
+        self.budget.fetch_max(full_at_us, Ordering::Relaxed);
     }
 
     /// Registers the connection task to be woken by the next `send` or `close`.

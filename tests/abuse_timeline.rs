@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use longlink::client::{Device, hello};
+use longlink::client::{ClientError, Device, hello};
 use longlink::proto::device::{
-    Bind, ClientFrame, DeviceReport, Receipt, ReceiptStatus, Report, client_frame,
+    Bind, ClientFrame, DeviceReport, ErrorCode, Receipt, ReceiptStatus, Report, client_frame,
 };
 use longlink::timeline::Kind;
 use support::*;
@@ -189,6 +189,68 @@ async fn a_burst_across_a_second_boundary_stops_at_the_allowance() {
     let handled =
         message["timeline"].as_array().unwrap().iter().filter(|e| e["device_id"] == "edge").count();
     assert!(handled <= 75, "{handled} of 100 handled within about 1.1 s, allowance 50/s");
+}
+
+/// The allowance belongs to the device, not to one connection (F4: a device reconnecting
+/// in a loop had a fresh allowance on every connection): reconnecting after each burst,
+/// or opening the next connection before closing the last one (a takeover), is held to
+/// the same allowance, and the Hellos themselves count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_or_taking_over_does_not_refill_the_allowance() {
+    const PER_SEC: u32 = 10;
+    let server = start_with(|c| c.device.max_frames_per_sec = PER_SEC).await;
+    for overlap in [false, true] {
+        let id = format!("looper-{overlap}");
+        let token = server.token(&id);
+        let started = std::time::Instant::now();
+        let (mut limited, mut previous) = (0, None);
+        for round in 0..40 {
+            let mut d = within(5, Device::connect(&server.tcp())).await.unwrap();
+            match within(5, d.hello(hello(APP, &id, &token, 0))).await {
+                Ok(_) => {}
+                Err(ClientError::Refused(e)) => {
+                    assert_eq!(e.code(), ErrorCode::RateLimited, "{e:?}");
+                    limited += 1;
+                    continue;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+            let mut burst = Vec::new();
+            for i in 0..5 {
+                let report =
+                    DeviceReport { os_version: format!("{round}.{i}"), ..Default::default() };
+                let frame = client_frame::Frame::Report(Report { report: Some(report) });
+                burst.extend_from_slice(&longlink::frame::encode(&ClientFrame {
+                    frame: Some(frame),
+                }));
+            }
+            let _ = d.send_raw(&burst).await;
+            let _ = d.ping().await;
+            let _ = tokio::time::timeout(Duration::from_millis(50), d.recv()).await;
+            // Overlapping: the next connection takes this one over; otherwise it ends first.
+            if overlap {
+                previous = Some(d);
+            } else {
+                drop(d);
+                let key = longlink::session::DeviceKey::new(APP, &id);
+                eventually(5, || server.node().hub.session(&key).is_none()).await;
+            }
+        }
+        drop(previous);
+        server.node().hub.receipts.timeline().settled().await;
+        let (_, device) = api(&server, &format!("/api/device?app=demo&device={id}")).await;
+        let reported = events(&device).iter().filter(|e| *e == "reported").count();
+        let connected = events(&device).iter().filter(|e| *e == "connected").count();
+        let secs = started.elapsed().as_secs_f64();
+        // Each connection: one Hello and five Reports; the allowance: 10, plus 10 a second.
+        let allowed = (PER_SEC as f64 * (1.0 + secs)).ceil() as usize;
+        assert!(limited > 0, "overlap {overlap}: never refused in 40 rounds ({secs:.1} s)");
+        assert!(
+            reported + connected <= allowed + 2,
+            "overlap {overlap}: {connected} connections and {reported} reports in {secs:.1} s, \
+             allowance {allowed}"
+        );
+    }
 }
 
 /// Unauthenticated Hellos with made-up device ids: the rejections of ids this node has
