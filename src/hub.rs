@@ -149,6 +149,7 @@ impl Device {
             broadcast_floor: self.cursor.floor,
             broadcast_acked: self.cursor.acked,
             missed: self.mailbox.as_ref().map_or(0, |m| m.missed()),
+            broadcast_handed: self.cursor.handed.max(self.cursor.written),
         }
     }
 }
@@ -225,7 +226,7 @@ impl Hub {
                 cursor: Cursor {
                     floor: r.broadcast_floor,
                     acked: r.broadcast_acked,
-                    handed: r.broadcast_acked,
+                    handed: r.broadcast_handed.max(r.broadcast_acked),
                     ..Cursor::default()
                 },
                 ..Device::default()
@@ -574,6 +575,12 @@ impl Hub {
         let mut expired = Vec::new();
         while let Some(out) = device.mailbox().next(self.limits.send_window, now, &mut expired) {
             match self.hand(key, link, &out, true) {
+                Sent::Queued if !out.redelivery && !out.message.ephemeral => {
+                    // Kept as not handed yet: from now on, resending it is a redelivery,
+                    // after a restart too.
+                    self.persist_message(key, out.seq, &out.message, true);
+                    continue;
+                }
                 Sent::Queued => continue,
                 Sent::Full => device.mailbox().unsend(&out),
                 Sent::Overflow | Sent::Closing => {}
