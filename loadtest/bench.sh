@@ -252,8 +252,9 @@ one_round() { # round number
     fi
     if wanted tls-full; then
         start_longlink "tls-full.r$r"
+        # Offered far past capacity: refused devices retry with backoff, as apps do.
         run "tls-full.r$r" idle --n "$N" --rate "$TLS_FULL_RATE" --tls --no-resume \
-            --addr "$LL_TLS" --api "$LL_API" --data-dir "$DATA" --hold-secs 1
+            --addr "$LL_TLS" --api "$LL_API" --data-dir "$DATA" --hold-secs 1 --retries 20
     fi
     if wanted tls-resumed; then
         start_longlink "tls-resumed.r$r"

@@ -15,6 +15,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug)]
 pub struct Admission {
     slots: Arc<Semaphore>,
+    /// TLS handshakes done only to say `BUSY`, at once: a sixteenth of the slots (at
+    /// least 8). Each costs a full handshake, and under a flood of them the admitted
+    /// handshakes starved and every BUSY handshake timed out; past it, refused TLS
+    /// sockets are closed without a word (the device backs off as from any failure).
+    farewells: Arc<Semaphore>,
     per_peer: usize,
     /// Handshakes in progress per address; an address leaves the map with its last one.
     peers: DashMap<IpAddr, usize>,
@@ -41,6 +46,7 @@ impl Admission {
     pub fn new(max: usize, per_peer: usize) -> Arc<Admission> {
         Arc::new(Admission {
             slots: Arc::new(Semaphore::new(max)),
+            farewells: Arc::new(Semaphore::new((max / 16).max(8))),
             per_peer,
             peers: DashMap::new(),
         })
@@ -56,6 +62,11 @@ impl Admission {
         *count += 1;
         drop(count);
         Ok(Permit { _slot: slot, admission: self.clone(), peer })
+    }
+
+    /// Leave to complete a TLS handshake only to refuse the connection, if there is room.
+    pub fn farewell(&self) -> Option<OwnedSemaphorePermit> {
+        self.farewells.clone().try_acquire_owned().ok()
     }
 
     /// Handshakes in progress from `peer`.

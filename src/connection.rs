@@ -103,11 +103,15 @@ pub async fn busy(node: Arc<Node>, socket: TcpStream, tls: Option<Acceptor>) {
     let reason = CloseReason::Busy { retry_after_ms: node.settings.busy_delay_ms() };
     let stream = match tls {
         None => Some(Either::Tcp(socket)),
-        Some(acceptor) => tokio::time::timeout(FAREWELL_TIMEOUT, acceptor.accept(socket))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|s| Either::Tls(Box::new(s))),
+        // See `Admission::farewell`: past its bound the socket is just closed.
+        Some(acceptor) => match node.admission.farewell() {
+            Some(_leave) => tokio::time::timeout(FAREWELL_TIMEOUT, acceptor.accept(socket))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|s| Either::Tls(Box::new(s))),
+            None => None,
+        },
     };
     refuse(&node, Failed { reason, stream }).await;
 }

@@ -305,6 +305,35 @@ async fn busy_is_answered_over_tls() {
     server.stop().await;
 }
 
+/// Saying BUSY over TLS costs a full handshake, so only so many are done at once (8 for
+/// up to 128 slots): past them a refused TLS socket is closed at once, and what the
+/// admitted handshakes need is not spent on refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_answers_over_tls_are_bounded() {
+    let server = start_with(|c| c.device.max_handshakes = 1).await;
+    let addr = server.running().tls_addr.unwrap();
+    let _holder = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Eight refused sockets that never start TLS hold every farewell for a second.
+    let mut waiting = Vec::new();
+    for _ in 0..8 {
+        waiting.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ninth = TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = within(5, ninth.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "no TLS, no frame");
+    assert!(started.elapsed() < Duration::from_millis(500), "closed after {:?}", started.elapsed());
+    // The eight are closed when their second is up, and BUSY over TLS works again.
+    drop(waiting);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let mut late = within(5, Device::connect(&server.tls())).await.unwrap();
+    assert_eq!(refusal(&mut late).await, ErrorCode::Busy);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_deadline_covers_tls_and_the_hello_after_it() {
     let server = start_with(|c| c.device.handshake_timeout_ms = 1_000).await;

@@ -91,7 +91,7 @@ pub struct Common {
     /// Bound on connect plus handshake, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
-    /// Retries per device after BUSY or DRAINING during the ramp.
+    /// Retries per device after BUSY, DRAINING or a close during the handshake, in the ramp.
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
     /// Hard deadline for the whole run, in seconds.

@@ -130,10 +130,13 @@ async fn refused(
     if busy {
         stats.refused.fetch_add(1, Relaxed);
     }
+    // A server past its admission bounds may close a TLS socket without a word rather
+    // than spend a handshake on saying BUSY: an app backs off and retries either way.
+    let closed = matches!(failure.reason.as_str(), "closed" | "connection_reset" | "io_brokenpipe");
     let retry = if ctx.plan.reconnect && life.ever_connected {
         Some(failure.retry_after.unwrap_or_else(|| backoff(life)))
-    } else if busy && life.attempt < ctx.plan.retries {
-        failure.retry_after
+    } else if (busy || closed) && life.attempt < ctx.plan.retries {
+        Some(failure.retry_after.unwrap_or_else(|| backoff(life)))
     } else {
         None
     };
