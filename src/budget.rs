@@ -13,9 +13,9 @@ use dashmap::DashMap;
 use crate::session::DeviceKey;
 
 const SECOND_US: u64 = 1_000_000;
-/// Devices whose bucket is kept after their link ended, at most; past it, buckets that
-/// have filled up again are forgotten first, and then new ones are not kept (a flood of
-/// distinct devices gets no more than each device's own allowance).
+/// Devices whose bucket is kept after their link ended, at most; past it the map starts
+/// over (forgetting is the safe side: a device gets a full bucket), so that keeping one
+/// never costs a scan.
 const MAX_KEPT: usize = 65_536;
 
 /// The bucket's time-full-again after one more token taken at `now_ms`, or `None` when
@@ -53,20 +53,9 @@ impl Budgets {
             return;
         }
         if self.spent.len() >= MAX_KEPT {
-            self.spent.retain(|_, b| !is_full(*b, now_ms));
-            if self.spent.len() >= MAX_KEPT {
-                return;
-            }
+            self.spent.clear();
         }
         self.spent.insert(key.clone(), full_at_us);
-    }
-
-    pub fn len(&self) -> usize {
-        self.spent.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spent.is_empty()
     }
 }
 
@@ -93,7 +82,7 @@ mod tests {
         let budgets = Budgets::default();
         let key = DeviceKey::new("app", "d");
         budgets.keep(&key, 5_000_000, 6_000);
-        assert!(budgets.is_empty(), "full again at 5 s, kept at 6 s");
+        assert_eq!(budgets.get(&key), 0, "full again at 5 s, kept at 6 s");
         budgets.keep(&key, 7_000_000, 6_000);
         assert_eq!(budgets.get(&key), 7_000_000);
         assert_eq!(budgets.take(&key), 7_000_000);
