@@ -182,6 +182,8 @@ pub struct Hub {
     pub broadcasts: Broadcasts,
     /// Allowances of devices whose last link ended with some spent.
     pub budgets: Budgets,
+    /// Orders the writes of apps' highest broadcast seqs (see `persist_broadcast_seq`).
+    seq_writes: parking_lot::Mutex<()>,
     devices: DashMap<DeviceKey, Device>,
     users: UserIndex,
     versions: DashMap<Arc<str>, ()>,
@@ -197,6 +199,7 @@ impl Hub {
             receipts: Receipts::default(),
             broadcasts: Broadcasts::default(),
             budgets: Budgets::default(),
+            seq_writes: parking_lot::Mutex::new(()),
             devices: DashMap::with_shard_amount(SHARDS),
             users: DashMap::with_shard_amount(SHARDS),
             versions: DashMap::new(),
@@ -251,7 +254,9 @@ impl Hub {
                 device.mailbox().restore_missed(r.missed);
             }
             // A device acked up to here, so the app gave out at least this many.
-            self.broadcasts.raise(&app, r.broadcast_acked);
+            // Handed counts too: a device that got a TTL-0 broadcast (kept nowhere) and
+            // reports it as processed must not see its seq given out again.
+            self.broadcasts.raise(&app, r.broadcast_acked.max(r.broadcast_handed));
             let user = (!r.user_id.is_empty()).then(|| Arc::from(r.user_id.as_str()));
             self.rebind(&key, &mut device, user);
             self.devices.insert(key, device);
@@ -578,7 +583,7 @@ impl Hub {
                 Sent::Queued if !out.redelivery && !out.message.ephemeral => {
                     // Kept as not handed yet: from now on, resending it is a redelivery,
                     // after a restart too.
-                    self.persist_message(key, out.seq, &out.message, true);
+                    self.persist_handed(key, out.seq, &out.message);
                     continue;
                 }
                 Sent::Queued => continue,
@@ -638,13 +643,14 @@ impl Hub {
     }
 
     fn persist_message(&self, key: &DeviceKey, seq: u64, message: &Message, handed: bool) {
-        let stored = StoredMessage {
-            body: message.body().to_vec(),
-            expires_at_ms: message.expires_at_ms.unwrap_or(0),
-            handed,
-        };
         let k = message_key(&key.app, &key.device, seq);
-        self.store.put(Space::Messages, k, record::encode(&stored));
+        self.store.put(Space::Messages, k, message_record(message, handed));
+    }
+
+    /// Rewrites a kept message as handed: resending it is a redelivery from now on.
+    fn persist_handed(&self, key: &DeviceKey, seq: u64, message: &Message) {
+        let k = message_key(&key.app, &key.device, seq);
+        self.store.rewrite(Space::Messages, k, message_record(message, true));
     }
 
     /// Deletes messages that left the mailbox from the store and tells subscribers why.
@@ -659,6 +665,15 @@ impl Hub {
             self.receipts.emit(event, key, &r.message.id, r.seq, reason);
         }
     }
+}
+
+fn message_record(message: &Message, handed: bool) -> Vec<u8> {
+    let stored = StoredMessage {
+        body: message.body().to_vec(),
+        expires_at_ms: message.expires_at_ms.unwrap_or(0),
+        handed,
+    };
+    record::encode(&stored)
 }
 
 fn count_dropped(reason: &'static str, n: usize) {

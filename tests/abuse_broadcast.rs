@@ -263,6 +263,46 @@ async fn cursors_ahead_huge_and_zero() {
     drop(liar);
 }
 
+/// The app's highest broadcast seq on disk is the highest given out, with broadcasts
+/// racing each other: read and enqueued apart, two TTL-0 broadcasts could leave the
+/// lower seq on disk (kept nowhere else), and after a restart that seq was given out
+/// again and skipped by devices that had processed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_broadcasts_leave_the_highest_seq_on_disk() {
+    use longlink::message::Message;
+    use longlink::proto::device::Push;
+    let server = start().await;
+    let app: Arc<str> = APP.into();
+    let started = std::time::Instant::now();
+    let mut stale = Vec::new();
+    let mut rounds = 0;
+    while rounds < 6_000 && started.elapsed() < Duration::from_secs(15) && stale.is_empty() {
+        rounds += 1;
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let (node, app, barrier) = (server.node().clone(), app.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let push = Push { message_id: format!("{t}"), ..Default::default() };
+                    let message = Arc::new(Message::ephemeral(push));
+                    barrier.wait();
+                    node.hub.broadcast(&app, message, false).seq
+                })
+            })
+            .collect();
+        let highest = threads.into_iter().map(|t| t.join().unwrap()).max().unwrap();
+        let store = server.node().hub.store();
+        store.sync().await.unwrap();
+        let loaded = store.load(longlink::clock::unix_ms()).unwrap();
+        let kept = loaded.broadcast_seqs.iter().map(|(_, s)| *s).max().unwrap_or(0);
+        if kept != highest {
+            stale.push((rounds, highest, kept));
+        }
+    }
+    println!("{rounds} rounds");
+    assert!(stale.is_empty(), "(round, highest given out, on disk): {stale:?}");
+}
+
 /// A TTL-0 broadcast's `sent` counts the devices it was written to: one that connects
 /// while the fan-out walks the registry skips it in its catch-up (it is for the devices
 /// online when it was sent) and must not be counted as sent when the walk reaches it.

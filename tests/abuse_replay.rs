@@ -90,3 +90,24 @@ async fn a_catch_up_of_large_broadcasts_completes() {
         "80 kept 4 KB broadcasts; per reconnect (received, other frames): {attempts:?}"
     );
 }
+
+/// A replayed message is rewritten in the store as handed; that rewrite is not a new
+/// kept message: once the device acks what was replayed, the store keeps none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kept_count_is_zero_once_a_replay_is_acked() {
+    let server = start().await;
+    drop(server.device("r").await);
+    eventually(5, || server.node().hub.session(&DeviceKey::new(APP, "r")).is_none()).await;
+    for i in 0..3 {
+        server.notify(&["r"], &format!("kept {i}")).await;
+    }
+    let store = server.node().hub.store();
+    store.sync().await.unwrap();
+    assert_eq!(store.messages(), 3);
+    let (mut d, _) = server.device("r").await;
+    let (seqs, _) = drain(&mut d).await;
+    assert_eq!(seqs, vec![1, 2, 3]);
+    store.sync().await.unwrap();
+    assert_eq!(store.messages(), 0, "kept messages counted after the acked replay");
+    server.stop().await;
+}

@@ -76,7 +76,7 @@ impl Hub {
         let ephemeral = entry.message.ephemeral;
         if ephemeral {
             // Not kept, but its seq was given out: a restart must continue above it.
-            self.persist_broadcast_seq(app, self.broadcasts.last_seq(app));
+            self.persist_broadcast_seq(app);
         } else {
             self.persist_broadcast(app, &entry);
         }
@@ -124,7 +124,7 @@ impl Hub {
             // node can have given out only holds back the device that reports it.
             let raised = reported.min(MAX_RAISE.max(self.broadcasts.last_seq(&key.app)));
             self.broadcasts.raise(&key.app, raised);
-            self.persist_broadcast_seq(&key.app, raised);
+            self.persist_broadcast_seq(&key.app);
         }
         let c = &mut device.cursor;
         c.handed = c.handed.max(c.written);
@@ -272,12 +272,15 @@ impl Hub {
             new_devices: entry.new_devices,
         };
         self.store.put(Space::Broadcasts, broadcast_key(app, entry.seq), record::encode(&stored));
-        // The log's last seq rather than this entry's: a concurrent broadcast may have
-        // enqueued its record first, and the one written last must hold the highest.
-        self.persist_broadcast_seq(app, self.broadcasts.last_seq(app));
+        self.persist_broadcast_seq(app);
     }
 
-    fn persist_broadcast_seq(&self, app: &str, last_seq: u64) {
+    /// Enqueues the app's highest seq for the store. Read and enqueued under one lock:
+    /// two broadcasts reading it outside could enqueue their writes in the other order,
+    /// leaving the lower seq on disk, and after a restart a seq given out again.
+    fn persist_broadcast_seq(&self, app: &str) {
+        let _in_order = self.seq_writes.lock();
+        let last_seq = self.broadcasts.last_seq(app);
         let value = record::encode(&StoredBroadcastSeq { last_seq });
         self.store.put(Space::Broadcasts, broadcast_seq_key(app), value);
     }

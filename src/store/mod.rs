@@ -164,6 +164,12 @@ impl Store {
         let _ = self.tx.send(Op::Put(space, key, value));
     }
 
+    /// Replaces a record that is already kept (or queued): counted as no new message.
+    pub fn rewrite(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(Op::Put(space, key, value));
+    }
+
     pub fn delete(&self, space: Space, key: Vec<u8>) {
         self.queued.fetch_add(1, Ordering::Relaxed);
         if let Space::Messages = space {
