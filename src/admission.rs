@@ -3,8 +3,9 @@
 //! every slot until the handshake deadline. A socket past either bound is answered
 //! `BUSY` with a retry delay.
 //!
-//! The bound is per address, not per network: devices behind one carrier NAT share an
-//! address, and the default leaves one address half of all slots.
+//! The bound is per IPv4 address and per IPv6 /64 (what one subscriber gets), not per
+//! larger network: devices behind one carrier NAT share an address, and the default
+//! leaves one an eighth of all slots, so that taking them all needs eight.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub struct Admission {
     /// sockets are closed without a word (the device backs off as from any failure).
     farewells: Arc<Semaphore>,
     per_peer: usize,
-    /// Handshakes in progress per address; an address leaves the map with its last one.
+    /// Handshakes in progress per peer ([`peer_of`]); a peer leaves the map with its last.
     peers: DashMap<IpAddr, usize>,
 }
 
@@ -54,6 +55,7 @@ impl Admission {
 
     /// A slot for a handshake from `peer`, or why there is none.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Permit, Refused> {
+        let peer = peer_of(peer);
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| Refused::Full)?;
         let mut count = self.peers.entry(peer).or_insert(0);
         if *count >= self.per_peer {
@@ -71,12 +73,24 @@ impl Admission {
 
     /// Handshakes in progress from `peer`.
     pub fn from_peer(&self, peer: IpAddr) -> usize {
-        self.peers.get(&peer).map_or(0, |n| *n)
+        self.peers.get(&peer_of(peer)).map_or(0, |n| *n)
     }
 
     /// Handshake slots free now.
     pub fn available(&self) -> usize {
         self.slots.available_permits()
+    }
+}
+
+/// The peer an address counts as: itself for IPv4 (IPv4-mapped IPv6 included), its /64
+/// for IPv6, since one subscriber is given a whole /64 to pick addresses from.
+fn peer_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -108,6 +122,21 @@ mod tests {
         assert_eq!(admission.from_peer(a), 1);
         let _again = admission.admit(a).unwrap();
         assert_eq!(admission.available(), 0);
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_peer() {
+        let admission = Admission::new(8, 2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _a = admission.admit(a).unwrap();
+        let _b = admission.admit(b).unwrap();
+        assert_eq!(admission.admit(a).unwrap_err(), Refused::Peer, "same /64");
+        assert!(admission.admit(other).is_ok(), "another /64");
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let _m = admission.admit(mapped).unwrap();
+        assert_eq!(admission.from_peer("10.0.0.1".parse().unwrap()), 1);
     }
 
     #[test]

@@ -55,8 +55,8 @@ pub struct DeviceConfig {
     /// Handshakes in progress at once; connections beyond it get `Error(BUSY)` with a
     /// retry delay instead of waiting.
     pub max_handshakes: usize,
-    /// Of those, how many one peer address may hold; past it its new connections get
-    /// `Error(BUSY)` too, so one peer cannot take every slot.
+    /// Of those, how many one peer (an IPv4 address, an IPv6 /64) may hold; past it its
+    /// new connections get `Error(BUSY)` too, so one peer cannot take every slot.
     pub max_handshakes_per_peer: usize,
     /// Costly inbound frames (Report, Bind, Unbind, Receipt, Ack with message ids) per second one
     /// device may send (a burst of that many, refilled at that rate; kept across its
@@ -260,7 +260,7 @@ impl Default for DeviceConfig {
             max_payload_bytes: 4 * 1024,
             max_connections: 10_000,
             max_handshakes: 2_048,
-            max_handshakes_per_peer: 1_024,
+            max_handshakes_per_peer: 256,
             busy_retry_ms: 2_000,
             max_frames_per_sec: 50,
             outbound_max_frames: 512,
