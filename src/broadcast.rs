@@ -55,6 +55,12 @@ impl Log {
     }
 }
 
+/// Highest seq a raise can set: half of what a Hello may report
+/// ([`crate::handshake::MAX_COUNTER`]), so that the seqs given out after any raise, a
+/// device's made-up cursor included (it holds back only that device), stay far below the
+/// limit and every device can always report the cursor it was handed.
+pub const MAX_RAISE: u64 = crate::handshake::MAX_COUNTER / 2;
+
 /// Every app's broadcast log.
 #[derive(Debug, Default)]
 pub struct Broadcasts {
@@ -89,14 +95,18 @@ impl Broadcasts {
     }
 
     /// Raises the app's last seq to at least `seq` (the seq kept on disk, or a device
-    /// that has seen more than this node remembers).
-    pub fn raise(&self, app: &str, seq: u64) {
+    /// that has seen more than this node remembers), but not past [`MAX_RAISE`]; true
+    /// when it moved.
+    pub fn raise(&self, app: &str, seq: u64) -> bool {
+        let seq = seq.min(MAX_RAISE);
         if seq <= self.last_seq(app) {
-            return;
+            return false;
         }
         let mut apps = self.apps.write();
         let log = apps.entry(Arc::from(app)).or_default();
+        let moved = seq > log.last_seq;
         log.last_seq = log.last_seq.max(seq);
+        moved
     }
 
     /// The highest broadcast seq the app has given out; 0 for none.
@@ -200,9 +210,12 @@ mod tests {
         b.remove("a", 3);
         b.remove("a", 2);
         assert_eq!(b.append(&a, msg("m3", 0), false, 2).0.seq, 4, "an empty log keeps its seq");
-        b.raise("a", 10);
-        b.raise("a", 7);
+        assert!(b.raise("a", 10));
+        assert!(!b.raise("a", 7));
         assert_eq!(b.last_seq("a"), 10);
+        // A made-up cursor from a device, live or kept in its record over a restart.
+        assert!(b.raise("a", crate::handshake::MAX_COUNTER));
+        assert_eq!(b.last_seq("a"), MAX_RAISE);
     }
 
     #[test]

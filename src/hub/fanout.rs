@@ -24,11 +24,6 @@ use crate::store::{Loaded, Space};
 /// Log entries read at a time during a catch-up.
 const BATCH: usize = 64;
 
-/// Highest seq a device's reported cursor can raise its app's broadcasts to: half of
-/// what a Hello may report, so that seqs given out after a raise stay far below that
-/// limit and every device can always report the cursor it was handed.
-const MAX_RAISE: u64 = crate::handshake::MAX_COUNTER / 2;
-
 /// Why a device's broadcasts are being handed out.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Occasion<'a> {
@@ -118,12 +113,9 @@ impl Hub {
     /// A new link takes over: the device resumes after the broadcasts it acked or
     /// reports having processed, and what earlier links were handed counts as handed.
     pub(super) fn resume_broadcasts(&self, key: &DeviceKey, device: &mut Device, reported: u64) {
-        if reported > self.broadcasts.last_seq(&key.app) {
-            // This node gave out fewer than the device has seen (it lost its store):
-            // continue above what the device has, as for per-device seqs. A cursor no
-            // node can have given out only holds back the device that reports it.
-            let raised = reported.min(MAX_RAISE.max(self.broadcasts.last_seq(&key.app)));
-            self.broadcasts.raise(&key.app, raised);
+        // This node may have given out fewer than the device has seen (it lost its
+        // store): continue above what the device has, as for per-device seqs.
+        if self.broadcasts.raise(&key.app, reported) {
             self.persist_broadcast_seq(&key.app);
         }
         let c = &mut device.cursor;
