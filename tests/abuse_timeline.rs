@@ -18,6 +18,21 @@ async fn api(server: &TestServer, path: &str) -> (u16, serde_json::Value) {
     (code, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
 }
 
+/// Entries of a timeline (as `/api/...` prints it) written for `device`.
+fn entries_of(v: &serde_json::Value, device: &str) -> usize {
+    let timeline = v["timeline"].as_array().unwrap_or_else(|| panic!("no timeline: {v}"));
+    timeline.iter().filter(|e| e["device_id"] == device).count()
+}
+
+/// `frames` encoded back to back, to be sent in one write.
+fn one_write(frames: impl IntoIterator<Item = client_frame::Frame>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for frame in frames {
+        bytes.extend_from_slice(&longlink::frame::encode(&ClientFrame { frame: Some(frame) }));
+    }
+    bytes
+}
+
 fn events(v: &serde_json::Value) -> Vec<String> {
     v["timeline"]
         .as_array()
@@ -87,8 +102,7 @@ async fn forged_receipts_are_rate_limited_and_leave_the_message_timeline_intact(
     server.node().hub.receipts.timeline().settled().await;
     let (_, after) = api(&server, &format!("/api/message?app=demo&message={m}")).await;
     let after_events = events(&after);
-    let by_evil =
-        after["timeline"].as_array().unwrap().iter().filter(|e| e["device_id"] == "evil").count();
+    let by_evil = entries_of(&after, "evil");
     assert!(after_events.contains(&"accepted".to_string()), "{after}");
     assert!(after_events.contains(&"acked".to_string()), "{after}");
     assert!(by_evil <= 100, "{by_evil} entries from evil");
@@ -125,13 +139,7 @@ async fn a_burst_of_costly_frames_in_one_write_stops_at_the_allowance() {
     for (kind, frame) in kinds {
         let id = format!("burst-{kind}");
         let (mut d, _) = server.device(&id).await;
-        let mut burst = Vec::new();
-        for i in 0..200 {
-            burst.extend_from_slice(&longlink::frame::encode(&ClientFrame {
-                frame: Some(frame(i)),
-            }));
-        }
-        let _ = d.send_raw(&burst).await;
+        let _ = d.send_raw(&one_write((0..200).map(frame))).await;
         let closed = within(5, d.until_closed()).await;
         assert!(
             closed.iter().any(|f| format!("{f:?}").contains("RateLimited")),
@@ -142,12 +150,7 @@ async fn a_burst_of_costly_frames_in_one_write_stops_at_the_allowance() {
         let (_, message) = api(&server, &format!("/api/message?app=demo&message={m}")).await;
         let reported = events(&device).iter().filter(|e| *e == "reported").count();
         let bound = events(&device).iter().filter(|e| *e == "bound").count();
-        let displayed = message["timeline"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["device_id"] == id.as_str())
-            .count();
+        let displayed = entries_of(&message, &id);
         let handled = reported + displayed + bound;
         // Two windows at most, should the burst's reads straddle a second.
         assert!(
@@ -168,14 +171,9 @@ async fn a_burst_across_a_second_boundary_stops_at_the_allowance() {
     next_push(&mut v).await;
     let (mut d, _) = server.device("edge").await;
     let receipts = |n: usize| {
-        let mut bytes = Vec::new();
-        for _ in 0..n {
-            let status = ReceiptStatus::Displayed as i32;
-            let r = Receipt { message_id: m.clone(), status, ..Default::default() };
-            let frame = ClientFrame { frame: Some(client_frame::Frame::Receipt(r)) };
-            bytes.extend_from_slice(&longlink::frame::encode(&frame));
-        }
-        bytes
+        let status = ReceiptStatus::Displayed as i32;
+        let r = Receipt { message_id: m.clone(), status, ..Default::default() };
+        one_write((0..n).map(|_| client_frame::Frame::Receipt(r.clone())))
     };
     d.send_raw(&receipts(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(940)).await;
@@ -186,8 +184,7 @@ async fn a_burst_across_a_second_boundary_stops_at_the_allowance() {
     assert!(closed.iter().any(|f| format!("{f:?}").contains("RateLimited")), "{closed:?}");
     server.node().hub.receipts.timeline().settled().await;
     let (_, message) = api(&server, &format!("/api/message?app=demo&message={m}")).await;
-    let handled =
-        message["timeline"].as_array().unwrap().iter().filter(|e| e["device_id"] == "edge").count();
+    let handled = entries_of(&message, "edge");
     assert!(handled <= 75, "{handled} of 100 handled within about 1.1 s, allowance 50/s");
 }
 
@@ -215,16 +212,12 @@ async fn reconnecting_or_taking_over_does_not_refill_the_allowance() {
                 }
                 Err(other) => panic!("{other:?}"),
             }
-            let mut burst = Vec::new();
-            for i in 0..5 {
+            let reports = (0..5).map(|i| {
                 let report =
                     DeviceReport { os_version: format!("{round}.{i}"), ..Default::default() };
-                let frame = client_frame::Frame::Report(Report { report: Some(report) });
-                burst.extend_from_slice(&longlink::frame::encode(&ClientFrame {
-                    frame: Some(frame),
-                }));
-            }
-            let _ = d.send_raw(&burst).await;
+                client_frame::Frame::Report(Report { report: Some(report) })
+            });
+            let _ = d.send_raw(&one_write(reports)).await;
             let _ = d.ping().await;
             let _ = tokio::time::timeout(Duration::from_millis(50), d.recv()).await;
             // Overlapping: the next connection takes this one over; otherwise it ends first.
