@@ -14,7 +14,7 @@ use crate::timeline::steps;
 const MAX_ACK_IDS: usize = 256;
 
 /// Frames that write to the store or the timeline, or scan a mailbox, which the
-/// per-connection budget counts.
+/// device's allowance counts ([`crate::budget`]).
 pub fn costly(frame: &ClientFrame) -> bool {
     use client_frame::Frame;
     match &frame.frame {
