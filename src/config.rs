@@ -66,6 +66,11 @@ pub struct DeviceConfig {
     /// Retry delay handed to connections refused at the handshake limit, in milliseconds
     /// (randomized between this and twice this).
     pub busy_retry_ms: u32,
+    /// An established plain connection with nothing to read or write for this long, in
+    /// milliseconds, is parked: its task ends and its socket waits on the node's park
+    /// epoll until the device sends, a frame is queued for it or it is closed. Saves
+    /// about 540 bytes per idle connection; 0 never parks.
+    pub park_after_ms: u64,
     /// Outbound queue bound per connection, in frames. Over it: slow-consumer close.
     pub outbound_max_frames: usize,
     /// Outbound queue bound per connection, in bytes. Over it: slow-consumer close.
@@ -262,6 +267,7 @@ impl Default for DeviceConfig {
             max_handshakes: 2_048,
             max_handshakes_per_peer: 256,
             busy_retry_ms: 2_000,
+            park_after_ms: 2_000,
             max_frames_per_sec: 50,
             outbound_max_frames: 512,
             outbound_max_bytes: 256 * 1024,

@@ -25,6 +25,7 @@ use crate::handler::{Handler, costly};
 use crate::handshake::{self, Established, Failed, farewell, frame_error};
 use crate::link::Link;
 use crate::node::{ConnectionGuard, Node};
+use crate::park::Parked;
 use crate::proto::device::ClientFrame;
 use crate::session::DeviceKey;
 use crate::stream::{Either, Stream};
@@ -65,17 +66,81 @@ pub fn serve(
         session = field::Empty
     );
     let alive = node.track();
-    let opening: Opening = Box::pin(open(node, socket, peer, tls, permit).instrument(span.clone()));
-    run(alive, opening).instrument(span)
+    let opening: Opening =
+        Box::pin(open(node, socket, peer, tls, permit, alive).instrument(span.clone()));
+    run(opening).instrument(span)
 }
 
 type Opening = Pin<Box<dyn Future<Output = Option<Live>> + Send>>;
 
-async fn run(alive: ConnectionGuard, opening: Opening) {
+/// Serves a connection until it closes or parks: `opening` yields it established (the
+/// handshake) or resumed (from the park).
+async fn run(opening: Opening) {
     let Some(mut conn) = opening.await else { return };
-    let reason = (&mut conn).await;
-    Box::pin(close(conn, reason)).await;
-    drop(alive);
+    loop {
+        match (&mut conn).await {
+            Exit::Close(reason) => return Box::pin(close(conn, reason)).await,
+            Exit::Park => match park(conn) {
+                Some(refused) => {
+                    conn = *refused;
+                    conn.parks = false;
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Moves an idle connection to the node's park, and its task ends (`None`). When the
+/// park cannot take it, it is handed back to carry on as a task.
+fn park(conn: Live) -> Option<Box<Live>> {
+    let Some(park) = conn.alive.node().park.get().cloned() else {
+        return Some(Box::new(conn));
+    };
+    let Live { stream, link, key, alive, .. } = conn;
+    let Either::Tcp(socket) = stream else { unreachable!("only plain connections park") };
+    let socket = match socket.into_std() {
+        Ok(socket) => mio::net::TcpStream::from_std(socket),
+        Err(error) => {
+            tracing::warn!(%error, "cannot take an idle socket off the runtime");
+            end(alive.node(), &key, &link, CloseReason::PeerClosed);
+            return None;
+        }
+    };
+    let (socket, link, key, alive) = park.park(socket, link, key, alive).err()?;
+    match TcpStream::from_std(socket.into()) {
+        Ok(socket) => Some(Box::new(Live::new(Either::Tcp(socket), link, key, alive))),
+        Err(_) => {
+            end(alive.node(), &key, &link, CloseReason::PeerClosed);
+            None
+        }
+    }
+}
+
+/// Carries on with a connection the park hands back: a new task for it, which starts
+/// where the last one stopped (at a frame boundary, with nothing half written).
+pub fn resume(parked: Parked) -> impl Future<Output = ()> + Send + 'static {
+    let span = tracing::debug_span!(
+        "connection",
+        transport = "tcp",
+        app = &*parked.key.app,
+        device = &*parked.key.device,
+        session = %format_args!("{:x}", parked.link.session_id)
+    );
+    let opening: Opening = Box::pin(reopen(parked));
+    run(opening).instrument(span)
+}
+
+async fn reopen(parked: Parked) -> Option<Live> {
+    let Parked { socket, link, key, guard, .. } = parked;
+    match TcpStream::from_std(socket.into()) {
+        Ok(socket) => Some(Live::new(Either::Tcp(socket), link, key, guard)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot hand a parked socket back to the runtime");
+            end(guard.node(), &key, &link, CloseReason::PeerClosed);
+            None
+        }
+    }
 }
 
 /// Handshake, registration and `Welcome`; `None` when the connection did not make it.
@@ -85,12 +150,13 @@ async fn open(
     peer: SocketAddr,
     tls: Option<Acceptor>,
     permit: Permit,
+    alive: ConnectionGuard,
 ) -> Option<Live> {
     let deadline = tokio::time::Instant::now() + node.settings.handshake_timeout;
     let outcome = handshake::run(&node, socket, tls, deadline).await;
     drop(permit);
     match outcome {
-        Ok(established) => welcome(&node, established, peer).await,
+        Ok(established) => welcome(&node, established, peer, alive).await,
         Err(failed) => {
             refuse(&node, failed).await;
             None
@@ -128,7 +194,12 @@ async fn refuse(node: &Node, failed: Failed) {
 
 /// Puts the session in the table, then tells the app: a router call made as soon as the
 /// app sees `Welcome` finds it online.
-async fn welcome(node: &Arc<Node>, established: Established, peer: SocketAddr) -> Option<Live> {
+async fn welcome(
+    node: &Arc<Node>,
+    established: Established,
+    peer: SocketAddr,
+    alive: ConnectionGuard,
+) -> Option<Live> {
     let Established { mut stream, decoder, key, profile, session, welcome } = established;
     let span = tracing::Span::current();
     span.record("app", &*key.app);
@@ -169,8 +240,8 @@ async fn welcome(node: &Arc<Node>, established: Established, peer: SocketAddr) -
         return None;
     }
     node.hub.heartbeats.watch(&link);
-    let mut conn =
-        Live { stream, decoder, link, node: node.clone(), key, writing: None, flush: false };
+    let mut conn = Live::new(stream, link, key, alive);
+    conn.decoder = decoder;
     // Frames the app pipelined behind its Hello are already buffered: handle them now.
     if let Err(reason) = conn.feed(&[], node.hub.heartbeats.now_ms()) {
         conn.link.close(reason);
@@ -199,24 +270,30 @@ fn record_connect(
 
 /// Ends a session: out of the table, counted, logged, told why, closed.
 async fn close(conn: Live, reason: CloseReason) {
-    let timeline = conn.node.hub.receipts.timeline();
-    crate::timeline::steps::closed(timeline, &conn.key, conn.link.session_id, reason);
-    conn.node.hub.abandon(&conn.key, conn.link.session_id, reason.label());
-    conn.node.hub.disconnect(&conn.key, conn.link.session_id, crate::clock::unix_ms());
-    metrics::counter!("longlink_closes_total", "reason" => reason.label()).increment(1);
-    if reason.is_kick() {
-        metrics::counter!("longlink_kicks_total", "reason" => reason.label()).increment(1);
-        conn.node.recent.kicked(reason.label());
-    }
-    log_session_close(&conn, reason);
-    let spread = conn.node.settings.reconnect_delay_ms();
+    let node = conn.alive.node();
+    end(node, &conn.key, &conn.link, reason);
+    let spread = node.settings.reconnect_delay_ms();
     say_goodbye(conn.stream, reason, spread).await;
 }
 
+/// Everything a session's end does but tell the app.
+fn end(node: &Node, key: &DeviceKey, link: &Link, reason: CloseReason) {
+    let timeline = node.hub.receipts.timeline();
+    crate::timeline::steps::closed(timeline, key, link.session_id, reason);
+    node.hub.abandon(key, link.session_id, reason.label());
+    node.hub.disconnect(key, link.session_id, crate::clock::unix_ms());
+    metrics::counter!("longlink_closes_total", "reason" => reason.label()).increment(1);
+    if reason.is_kick() {
+        metrics::counter!("longlink_kicks_total", "reason" => reason.label()).increment(1);
+        node.recent.kicked(reason.label());
+    }
+    log_session_close(key, link, reason);
+}
+
 /// Logs the end of a session with who it was, at the level its reason calls for.
-fn log_session_close(conn: &Live, reason: CloseReason) {
-    let (app, device) = (&*conn.key.app, &*conn.key.device);
-    let session = format_args!("{:x}", conn.link.session_id);
+fn log_session_close(key: &DeviceKey, link: &Link, reason: CloseReason) {
+    let (app, device) = (&*key.app, &*key.device);
+    let session = format_args!("{:x}", link.session_id);
     match reason.level() {
         Level::Debug => {
             tracing::debug!(app, device, %session, reason = reason.label(), "session closed")
@@ -254,37 +331,51 @@ struct Live {
     stream: Stream,
     decoder: Decoder,
     link: Arc<Link>,
-    node: Arc<Node>,
     key: DeviceKey,
+    /// Counts this connection in the node until it is gone.
+    alive: ConnectionGuard,
     /// The frame being written, advanced past what the socket took.
     writing: Option<Bytes>,
     /// Bytes were written since the last flush (TLS buffers them).
     flush: bool,
+    /// False once the park refused this connection: it stays a task.
+    parks: bool,
+    /// Runs while the connection is idle; when it fires, the connection parks.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Why the poll loop stopped.
+enum Exit {
+    Close(CloseReason),
+    /// Idle for `park_after`, at a frame boundary, nothing to write: park it.
+    Park,
 }
 
 impl Future for &mut Live {
-    type Output = CloseReason;
+    type Output = Exit;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseReason> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Exit> {
         let this: &mut Live = &mut self;
         this.link.register(cx.waker());
         // Checked first: a stalled reader always has a frame stuck mid-write, and its
         // close must not wait for that write.
         if let Some(reason) = this.link.closing() {
-            return Poll::Ready(reason);
+            return Poll::Ready(Exit::Close(reason));
         }
         for _ in 0..BUDGET {
             let wrote = match this.poll_write(cx) {
                 Ok(progress) => progress,
-                Err(reason) => return Poll::Ready(reason),
+                Err(reason) => return Poll::Ready(Exit::Close(reason)),
             };
             let read = match this.poll_read(cx) {
                 Ok(progress) => progress,
-                Err(reason) => return Poll::Ready(reason),
+                Err(reason) => return Poll::Ready(Exit::Close(reason)),
             };
             if !wrote && !read {
-                return Poll::Pending;
+                return this.idle(cx);
             }
+            // Busy: the idle time starts again.
+            this.linger = None;
         }
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -292,6 +383,41 @@ impl Future for &mut Live {
 }
 
 impl Live {
+    fn new(stream: Stream, link: Arc<Link>, key: DeviceKey, alive: ConnectionGuard) -> Self {
+        let decoder = Decoder::new(alive.node().settings.max_frame_bytes);
+        Live {
+            stream,
+            decoder,
+            link,
+            key,
+            alive,
+            writing: None,
+            flush: false,
+            parks: true,
+            linger: None,
+        }
+    }
+
+    /// Nothing to read or write right now: park once that has lasted `park_after`.
+    fn idle(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
+        let Some(after) = self.alive.node().settings.park_after else { return Poll::Pending };
+        let at_rest = self.parks
+            && matches!(self.stream, Either::Tcp(_))
+            && self.writing.is_none()
+            && !self.flush
+            && self.decoder.buffered() == 0;
+        if !at_rest {
+            self.linger = None;
+            return Poll::Pending;
+        }
+        let linger = self.linger.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        if linger.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.linger = None;
+        Poll::Ready(Exit::Park)
+    }
+
     /// Writes queued frames until the socket pushes back. Returns whether it wrote.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, CloseReason> {
         let mut progress = false;
@@ -337,7 +463,7 @@ impl Live {
         if buf.filled().is_empty() {
             return Err(CloseReason::PeerClosed);
         }
-        let now = self.node.hub.heartbeats.now_ms();
+        let now = self.alive.node().hub.heartbeats.now_ms();
         self.link.touch(now);
         let n = buf.filled().len();
         self.feed(&chunk[..n], now)?;
@@ -347,8 +473,9 @@ impl Live {
     /// Decodes and handles every complete frame in `bytes` (and in what was buffered).
     fn feed(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), CloseReason> {
         let mut failure = None;
-        let handler = Handler { node: &self.node, key: &self.key, link: &self.link };
-        let per_sec = self.node.settings.max_frames_per_sec;
+        let node = self.alive.node();
+        let handler = Handler { node, key: &self.key, link: &self.link };
+        let per_sec = node.settings.max_frames_per_sec;
         let link = &self.link;
         self.decoder
             .feed::<ClientFrame, _>(bytes, |frame| {

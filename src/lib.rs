@@ -4,7 +4,7 @@
 //! handshake (`handshake`, `token`) and its frame loop (`frame`), the `hub` keeps the
 //! session table (`session`), each device's `mailbox` and the links (`link`) through
 //! which pushes from the router API (`router`) reach connections; `heartbeat` closes the
-//! silent ones; `server` starts and drains it all. `receipts` publishes what happens to
+//! silent ones, and idle plain connections wait without a task in `park`; `server` starts and drains it all. `receipts` publishes what happens to
 //! deliveries and `timeline` keeps it, with every connection's story, for `inspect` and
 //! `trace`.
 
@@ -30,6 +30,7 @@ pub mod listener;
 pub mod mailbox;
 pub mod message;
 pub mod node;
+pub mod park;
 pub mod proto;
 pub mod receipts;
 pub mod recent;

@@ -206,6 +206,13 @@ impl Link {
         Ok(frame)
     }
 
+    /// True when a frame is queued or a close was requested: what a parked connection is
+    /// woken for.
+    pub fn has_work(&self) -> bool {
+        let outbox = self.outbox.lock();
+        outbox.close.is_some() || !outbox.frames.is_empty()
+    }
+
     /// Frames and bytes waiting to be written.
     pub fn queued(&self) -> (usize, usize) {
         let outbox = self.outbox.lock();

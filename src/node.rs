@@ -30,6 +30,8 @@ pub struct Settings {
     pub reconnect_max_ms: u32,
     pub default_ttl_secs: u32,
     pub max_ttl_secs: u32,
+    /// Idle time after which a plain connection is parked (`None`: never).
+    pub park_after: Option<Duration>,
 }
 
 impl Settings {
@@ -47,6 +49,10 @@ impl Settings {
             reconnect_max_ms: config.drain.reconnect_max_ms,
             default_ttl_secs: config.delivery.default_ttl_secs,
             max_ttl_secs: config.delivery.max_ttl_secs,
+            park_after: match config.device.park_after_ms {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
         }
     }
 
@@ -87,6 +93,8 @@ pub struct Node {
     pub admission: Arc<Admission>,
     /// Handshake failures and kicks of the last minutes, for the status page.
     pub recent: Recent,
+    /// Idle plain connections waiting without a task.
+    pub park: crate::park::Lazy,
     draining: AtomicBool,
     next_session: AtomicU64,
     /// Connection tasks alive (handshaking or established).
@@ -103,6 +111,7 @@ impl Node {
             settings,
             admission,
             recent: Recent::default(),
+            park: crate::park::Lazy::default(),
             draining: AtomicBool::new(false),
             // Session ids start from a random point so that ids from two runs differ.
             next_session: AtomicU64::new(rand::random::<u32>() as u64 * 1_000_000),
@@ -153,6 +162,12 @@ impl Node {
 
 #[derive(Debug)]
 pub struct ConnectionGuard(Arc<Node>);
+
+impl ConnectionGuard {
+    pub fn node(&self) -> &Arc<Node> {
+        &self.0
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {

@@ -65,6 +65,8 @@ pub fn render(node: &Node) -> Option<String> {
     metrics::gauge!("longlink_store_messages").set(store.messages() as f64);
     metrics::gauge!("longlink_store_bytes").set(store.disk_bytes() as f64);
     metrics::gauge!("longlink_connections").set(node.connections() as f64);
+    metrics::gauge!("longlink_parked_connections").set(node.park.parked() as f64);
+    metrics::counter!("longlink_parks_total").absolute(node.park.parks());
     Some(handle.render())
 }
 
@@ -111,6 +113,7 @@ fn describe() {
         ("longlink_dropped_total", "Messages removed before an ack, by reason."),
         ("longlink_slow_consumer_closes_total", "Sessions closed over their outbound bound."),
         ("longlink_accept_errors_total", "Device listener accept errors, by kind."),
+        ("longlink_parks_total", "Times an idle connection was parked without a task."),
         ("longlink_store_commits_total", "Store batches committed."),
         ("longlink_store_writes_total", "Store puts and deletes committed."),
         ("longlink_store_errors_total", "Store batches that failed to commit."),
@@ -131,6 +134,11 @@ fn describe() {
     let gauges = [
         ("longlink_sessions", Count, "Live sessions, by app and transport."),
         ("longlink_connections", Count, "Connection tasks alive, handshaking ones included."),
+        (
+            "longlink_parked_connections",
+            Count,
+            "Idle plain connections parked without a task (see device.park_after_ms).",
+        ),
         ("longlink_store_queue", Count, "Store writes waiting for the writer thread."),
         ("longlink_store_messages", Count, "Messages kept in the store for devices."),
         ("longlink_store_bytes", Bytes, "Disk space the store takes (tables and journal)."),

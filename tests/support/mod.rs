@@ -36,6 +36,9 @@ pub fn config(dir: &std::path::Path) -> Config {
     c.router.addr = "127.0.0.1:0".into();
     c.admin.addr = "127.0.0.1:0".into();
     c.drain.grace_secs = 5;
+    // Parks every plain connection as soon as it is idle, so that every test also runs
+    // each of its steps through parking and resuming: none may depend on a task staying.
+    c.device.park_after_ms = 1;
     c
 }
 

@@ -1,0 +1,228 @@
+//! Where idle plain connections wait without a task: their socket on one epoll of the
+//! node's own, their state in a slab entry.
+//!
+//! An idle connection is nearly all of what a node holds, and as a tokio task it keeps
+//! the task (about 380 bytes) and tokio's readiness record of its socket (about 250)
+//! only to wait. A plain connection that has had nothing to read or write for
+//! `device.park_after_ms`, with no frame half read or half written, is parked instead:
+//! its task ends, its socket moves here, and the link's waker becomes this slab entry's.
+//! The first byte from the device, frame queued on the link or close request takes the
+//! entry out again and hands it to a new task ([`crate::connection::resume`]), which
+//! carries on where the old one stopped.
+//!
+//! Nothing is lost in between: registering a socket that already has data pending
+//! reports it at once (epoll checks readiness on add), and `park` checks the link for
+//! work after the entry's waker is in place, so a push that raced the parking wakes
+//! either the old task, which then parks and finds it, or the entry.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Wake, Waker};
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use parking_lot::Mutex;
+use slab::Slab;
+
+use crate::link::Link;
+use crate::node::ConnectionGuard;
+use crate::session::DeviceKey;
+
+/// Readiness events taken per wait of the park thread.
+const EVENTS: usize = 1024;
+/// How long the park thread waits before it checks whether its node is gone.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// A parked connection: everything a new task needs to carry on.
+#[derive(Debug)]
+pub struct Parked {
+    pub socket: TcpStream,
+    /// Told apart from a later entry in the same slot: a stale event or waker for the
+    /// slot must not unpark whoever parked there since.
+    generation: u32,
+    pub link: Arc<Link>,
+    pub key: DeviceKey,
+    /// Keeps the connection counted while it is parked (a drain waits for it).
+    pub guard: ConnectionGuard,
+}
+
+#[derive(Debug)]
+pub struct Park {
+    registry: mio::Registry,
+    slots: Mutex<Slots>,
+    runtime: tokio::runtime::Handle,
+    /// Connections parked since start.
+    parks: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    entries: Slab<Parked>,
+    generation: u32,
+}
+
+/// The waker a parked connection's link holds.
+struct Unpark {
+    park: Arc<Park>,
+    token: Token,
+}
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.park.unpark(self.token);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.park.unpark(self.token);
+    }
+}
+
+impl Park {
+    /// Opens the epoll and starts the thread that waits on it. Parked connections are
+    /// handed back to tasks on the runtime this is called from.
+    pub fn start() -> io::Result<Arc<Park>> {
+        let poll = Poll::new()?;
+        let park = Arc::new(Park {
+            registry: poll.registry().try_clone()?,
+            slots: Mutex::new(Slots::default()),
+            runtime: tokio::runtime::Handle::current(),
+            parks: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&park);
+        std::thread::Builder::new().name("longlink-park".into()).spawn(move || wait(poll, weak))?;
+        Ok(park)
+    }
+
+    /// Parks a connection. On error (the socket could not be registered) it is handed
+    /// back unchanged.
+    pub fn park(
+        self: &Arc<Self>,
+        mut socket: TcpStream,
+        link: Arc<Link>,
+        key: DeviceKey,
+        guard: ConnectionGuard,
+    ) -> Result<(), (TcpStream, Arc<Link>, DeviceKey, ConnectionGuard)> {
+        let token = {
+            let mut slots = self.slots.lock();
+            slots.generation = slots.generation.wrapping_add(1);
+            let generation = slots.generation;
+            let entry = slots.entries.vacant_entry();
+            let token = token(entry.key(), generation);
+            // Under the lock: an event for this token waits until the entry is in.
+            if self.registry.register(&mut socket, token, Interest::READABLE).is_err() {
+                return Err((socket, link, key, guard));
+            }
+            entry.insert(Parked { socket, generation, link: link.clone(), key, guard });
+            token
+        };
+        self.parks.fetch_add(1, Ordering::Relaxed);
+        link.register(&Waker::from(Arc::new(Unpark { park: self.clone(), token })));
+        // A push or close that came after the task's last look went to the task's waker.
+        if link.has_work() {
+            self.unpark(token);
+        }
+        Ok(())
+    }
+
+    /// Hands the connection parked under `token` to a new task, if it is still parked.
+    fn unpark(&self, token: Token) {
+        let (slot, generation) = split(token);
+        let parked = {
+            let mut slots = self.slots.lock();
+            match slots.entries.get(slot) {
+                Some(p) if p.generation == generation => slots.entries.remove(slot),
+                _ => return,
+            }
+        };
+        self.hand_back(parked);
+    }
+
+    fn hand_back(&self, mut parked: Parked) {
+        // Events already taken for this token find the slot empty, or another generation.
+        let _ = self.registry.deregister(&mut parked.socket);
+        self.runtime.spawn(crate::connection::resume(parked));
+    }
+
+    /// Connections parked now.
+    pub fn len(&self) -> usize {
+        self.slots.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The park thread: hands every connection with an event back, until the node is gone.
+fn wait(mut poll: Poll, park: Weak<Park>) {
+    let mut events = Events::with_capacity(EVENTS);
+    loop {
+        if let Err(error) = poll.poll(&mut events, Some(IDLE_WAIT)) {
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(%error, "park epoll failed; parked connections stay until woken");
+            return;
+        }
+        let Some(park) = park.upgrade() else { return };
+        for event in events.iter() {
+            park.unpark(event.token());
+        }
+    }
+}
+
+fn token(slot: usize, generation: u32) -> Token {
+    Token((u64::from(generation) << 32 | slot as u64) as usize)
+}
+
+fn split(token: Token) -> (usize, u32) {
+    let raw = token.0 as u64;
+    ((raw & u64::from(u32::MAX)) as usize, (raw >> 32) as u32)
+}
+
+/// The node's park, started on first use; `None` when it could not start (logged once).
+#[derive(Debug, Default)]
+pub struct Lazy(OnceLock<Option<Arc<Park>>>);
+
+impl Lazy {
+    pub fn get(&self) -> Option<&Arc<Park>> {
+        self.0
+            .get_or_init(|| match Park::start() {
+                Ok(park) => Some(park),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start the park thread; idle connections keep their tasks");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Connections parked now (0 before the first).
+    pub fn parked(&self) -> usize {
+        self.started().map_or(0, |p| p.len())
+    }
+
+    /// Times a connection was parked since start.
+    pub fn parks(&self) -> u64 {
+        self.started().map_or(0, |p| p.parks.load(Ordering::Relaxed))
+    }
+
+    fn started(&self) -> Option<&Arc<Park>> {
+        self.0.get().and_then(Option::as_ref)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_keep_slot_and_generation_apart() {
+        for (slot, generation) in [(0, 0), (1, 1), (123_456, u32::MAX), (u32::MAX as usize, 7)] {
+            assert_eq!(split(token(slot, generation)), (slot, generation));
+        }
+        assert_ne!(token(5, 1), token(5, 2));
+    }
+}
