@@ -1,10 +1,12 @@
 //! One device connection's life: handshake, then a single hand-written poll loop that
-//! reads frames, writes what the link queued, and ends on the first close reason.
+//! reads frames, writes what the link queued, and ends on the first close reason, or
+//! parks the connection once it has been idle for `park_after` (see `park`).
 //!
-//! An idle connection is one task whose state is this module's `Live` struct: the
-//! socket, an empty decoder, the link and an empty write slot. Reads go through a stack
-//! buffer inside `poll`, so no read buffer is kept between frames; there is no timer
-//! (see `heartbeat`) and no channel (see `link`).
+//! A connection's task state is this module's `Live` struct: the socket, an empty
+//! decoder, the link and an empty write slot. Reads go through a stack buffer inside
+//! `poll`, so no read buffer is kept between frames; there is no heartbeat timer (see
+//! `heartbeat`) and no channel (see `link`); the only timer is the one that runs while
+//! a plain connection waits to park.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +27,7 @@ use crate::handler::{Handler, costly};
 use crate::handshake::{self, Established, Failed, farewell, frame_error};
 use crate::link::Link;
 use crate::node::{ConnectionGuard, Node};
-use crate::park::Parked;
+use crate::park::{Park, Parked};
 use crate::proto::device::ClientFrame;
 use crate::session::DeviceKey;
 use crate::stream::{Either, Stream};
@@ -33,6 +35,9 @@ use crate::tls_stream::Acceptor;
 
 /// Bytes read per poll of the socket; lives on the stack only while polled.
 const READ_CHUNK: usize = 4096;
+/// What a parked connection may read before it is made a task again: a device that
+/// sends this much at once is not idle.
+const QUICK_READ_MAX: usize = 4 * READ_CHUNK;
 /// Reads and writes per wake-up before yielding to other connections.
 const BUDGET: usize = 32;
 /// How long the farewell frame and the close may take.
@@ -118,8 +123,64 @@ fn park(conn: Live) -> Option<Box<Live>> {
 }
 
 /// Carries on with a connection the park hands back: a new task for it, which starts
-/// where the last one stopped (at a frame boundary, with nothing half written).
-pub fn resume(parked: Parked) -> impl Future<Output = ()> + Send + 'static {
+/// where the last one stopped (at a frame boundary), writing first what is left of the
+/// frame the park was writing, if any.
+pub fn resume(parked: Parked, writing: Option<Bytes>) -> impl Future<Output = ()> + Send + 'static {
+    let node = parked.guard.node();
+    let decoder = Decoder::new(node.settings.max_frame_bytes);
+    carry_on(parked, writing, decoder)
+}
+
+/// A parked connection whose device sent something. Whole frames are read and handled
+/// here and the connection parks again at once; anything else (the device closing, half
+/// a frame, a frame that ends the session, a device that keeps sending) makes it a task
+/// again, with what was read.
+pub async fn wake(park: Arc<Park>, mut parked: Parked) {
+    let node = parked.guard.node().clone();
+    let mut decoder = Decoder::new(node.settings.max_frame_bytes);
+    if read_parked(&node, &mut parked, &mut decoder) {
+        return park.repark(parked);
+    }
+    park.release(&mut parked);
+    carry_on(parked, None, decoder).await;
+}
+
+/// Reads a parked socket until it has nothing more and handles every whole frame. True
+/// when all it read was whole frames and the device has not closed.
+fn read_parked(node: &Node, parked: &mut Parked, decoder: &mut Decoder) -> bool {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut read = 0;
+    loop {
+        match std::io::Read::read(&mut &parked.socket, &mut chunk) {
+            // The task reads the end again, and closes.
+            Ok(0) => return false,
+            Ok(n) => {
+                let now = node.hub.heartbeats.now_ms();
+                parked.link.touch(now);
+                let (key, link) = (&parked.key, &parked.link);
+                if let Err(reason) = feed(node, key, link, decoder, &chunk[..n], now) {
+                    link.close(reason);
+                    return false;
+                }
+                read += n;
+                if read >= QUICK_READ_MAX {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return decoder.buffered() == 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+fn carry_on(
+    parked: Parked,
+    writing: Option<Bytes>,
+    decoder: Decoder,
+) -> impl Future<Output = ()> + Send + 'static {
     let span = tracing::debug_span!(
         "connection",
         transport = "tcp",
@@ -127,14 +188,19 @@ pub fn resume(parked: Parked) -> impl Future<Output = ()> + Send + 'static {
         device = &*parked.key.device,
         session = %format_args!("{:x}", parked.link.session_id)
     );
-    let opening: Opening = Box::pin(reopen(parked));
+    let opening: Opening = Box::pin(reopen(parked, writing, decoder));
     run(opening).instrument(span)
 }
 
-async fn reopen(parked: Parked) -> Option<Live> {
+async fn reopen(parked: Parked, writing: Option<Bytes>, decoder: Decoder) -> Option<Live> {
     let Parked { socket, link, key, guard, .. } = parked;
     match TcpStream::from_std(socket.into()) {
-        Ok(socket) => Some(Live::new(Either::Tcp(socket), link, key, guard)),
+        Ok(socket) => {
+            let mut conn = Live::new(Either::Tcp(socket), link, key, guard);
+            conn.writing = writing;
+            conn.decoder = decoder;
+            Some(conn)
+        }
         Err(error) => {
             tracing::warn!(%error, "cannot hand a parked socket back to the runtime");
             end(guard.node(), &key, &link, CloseReason::PeerClosed);
@@ -472,31 +538,41 @@ impl Live {
 
     /// Decodes and handles every complete frame in `bytes` (and in what was buffered).
     fn feed(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), CloseReason> {
-        let mut failure = None;
-        let node = self.alive.node();
-        let handler = Handler { node, key: &self.key, link: &self.link };
-        let per_sec = node.settings.max_frames_per_sec;
-        let link = &self.link;
-        self.decoder
-            .feed::<ClientFrame, _>(bytes, |frame| {
-                // Charged before the frame is handled: one read can carry hundreds of
-                // small frames, and none past the allowance may reach the store.
-                if costly(&frame) && !link.spend(now_ms, per_sec) {
-                    failure = Some(CloseReason::RateLimited);
-                    return false;
+        feed(self.alive.node(), &self.key, &self.link, &mut self.decoder, bytes, now_ms)
+    }
+}
+
+/// Decodes and handles every complete frame in `bytes` (and in what `decoder` held).
+fn feed(
+    node: &Node,
+    key: &DeviceKey,
+    link: &Link,
+    decoder: &mut Decoder,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<(), CloseReason> {
+    let mut failure = None;
+    let handler = Handler { node, key, link };
+    let per_sec = node.settings.max_frames_per_sec;
+    decoder
+        .feed::<ClientFrame, _>(bytes, |frame| {
+            // Charged before the frame is handled: one read can carry hundreds of
+            // small frames, and none past the allowance may reach the store.
+            if costly(&frame) && !link.spend(now_ms, per_sec) {
+                failure = Some(CloseReason::RateLimited);
+                return false;
+            }
+            match handler.on_frame(frame) {
+                Ok(()) => true,
+                Err(reason) => {
+                    failure = Some(reason);
+                    false
                 }
-                match handler.on_frame(frame) {
-                    Ok(()) => true,
-                    Err(reason) => {
-                        failure = Some(reason);
-                        false
-                    }
-                }
-            })
-            .map_err(frame_error)?;
-        match failure {
-            Some(reason) => Err(reason),
-            None => Ok(()),
-        }
+            }
+        })
+        .map_err(frame_error)?;
+    match failure {
+        Some(reason) => Err(reason),
+        None => Ok(()),
     }
 }

@@ -6,21 +6,26 @@
 //! only to wait. A plain connection that has had nothing to read or write for
 //! `device.park_after_ms`, with no frame half read or half written, is parked instead:
 //! its task ends, its socket moves here, and the link's waker becomes this slab entry's.
-//! The first byte from the device, frame queued on the link or close request takes the
-//! entry out again and hands it to a new task ([`crate::connection::resume`]), which
-//! carries on where the old one stopped.
+//! What the device sends is read by a short task ([`crate::connection::wake`]): whole
+//! frames (a ping, an ack) are handled there and the connection parks again, without
+//! ever going back to tokio's reactor. Frames queued on the link are written straight to
+//! the socket by whoever queued them, as long as the socket takes them whole. Anything
+//! else (half a frame, a close request, a socket that pushes back) hands the connection
+//! to a new task ([`crate::connection::resume`]), which carries on where the old one
+//! stopped.
 //!
 //! Nothing is lost in between: registering a socket that already has data pending
 //! reports it at once (epoll checks readiness on add), and `park` checks the link for
 //! work after the entry's waker is in place, so a push that raced the parking wakes
 //! either the old task, which then parks and finds it, or the entry.
 
-use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Wake, Waker};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use parking_lot::Mutex;
@@ -46,6 +51,8 @@ pub struct Parked {
     pub key: DeviceKey,
     /// Keeps the connection counted while it is parked (a drain waits for it).
     pub guard: ConnectionGuard,
+    /// The waker its link holds; it follows the connection to each new slot.
+    unpark: Arc<Unpark>,
 }
 
 #[derive(Debug)]
@@ -63,19 +70,21 @@ struct Slots {
     generation: u32,
 }
 
-/// The waker a parked connection's link holds.
+/// The waker a parked connection's link holds: one per connection, made when it first
+/// parks, whose token moves with it, so a waker registered late still finds it.
+#[derive(Debug)]
 struct Unpark {
     park: Arc<Park>,
-    token: Token,
+    token: AtomicUsize,
 }
 
 impl Wake for Unpark {
     fn wake(self: Arc<Self>) {
-        self.park.unpark(self.token);
+        self.park.deliver(&self);
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.park.unpark(self.token);
+        self.park.deliver(self);
     }
 }
 
@@ -99,35 +108,92 @@ impl Park {
     /// back unchanged.
     pub fn park(
         self: &Arc<Self>,
-        mut socket: TcpStream,
+        socket: TcpStream,
         link: Arc<Link>,
         key: DeviceKey,
         guard: ConnectionGuard,
     ) -> Result<(), (TcpStream, Arc<Link>, DeviceKey, ConnectionGuard)> {
-        let token = {
+        let unpark = Arc::new(Unpark { park: self.clone(), token: AtomicUsize::new(0) });
+        let parked = Parked { socket, generation: 0, link, key, guard, unpark };
+        self.file(parked, false).map_err(|p| (p.socket, p.link, p.key, p.guard))
+    }
+
+    /// Parks again a connection that was taken out to read what its device sent (its
+    /// socket is still on the epoll, under its old token).
+    pub fn repark(self: &Arc<Self>, parked: Parked) {
+        if let Err(parked) = self.file(parked, true) {
+            self.hand_back(parked, None);
+        }
+    }
+
+    fn file(&self, mut parked: Parked, again: bool) -> Result<(), Parked> {
+        let link = parked.link.clone();
+        let unpark = parked.unpark.clone();
+        {
             let mut slots = self.slots.lock();
             slots.generation = slots.generation.wrapping_add(1);
-            let generation = slots.generation;
+            parked.generation = slots.generation;
             let entry = slots.entries.vacant_entry();
-            let token = token(entry.key(), generation);
-            // Under the lock: an event for this token waits until the entry is in.
-            if self.registry.register(&mut socket, token, Interest::READABLE).is_err() {
-                return Err((socket, link, key, guard));
+            let token = token(entry.key(), parked.generation);
+            // Under the lock: an event for this token waits until the entry is in. Both
+            // report data that is already there.
+            let registry = &self.registry;
+            let filed = match again {
+                false => registry.register(&mut parked.socket, token, Interest::READABLE),
+                true => registry.reregister(&mut parked.socket, token, Interest::READABLE),
+            };
+            if filed.is_err() {
+                return Err(parked);
             }
-            entry.insert(Parked { socket, generation, link: link.clone(), key, guard });
-            token
-        };
+            unpark.token.store(token.0, Ordering::Release);
+            entry.insert(parked);
+        }
         self.parks.fetch_add(1, Ordering::Relaxed);
-        link.register(&Waker::from(Arc::new(Unpark { park: self.clone(), token })));
-        // A push or close that came after the task's last look went to the task's waker.
+        link.register(&Waker::from(unpark.clone()));
+        // A push or close that came after the last look went to the earlier waker.
         if link.has_work() {
-            self.unpark(token);
+            self.deliver(&unpark);
         }
         Ok(())
     }
 
-    /// Hands the connection parked under `token` to a new task, if it is still parked.
-    fn unpark(&self, token: Token) {
+    /// Takes up what was queued on a parked connection's link. Frames are written
+    /// straight to the socket, from the thread that queued them, for as long as the
+    /// socket takes them whole: a push or a broadcast to an idle device costs no task.
+    /// A close request, or a socket that pushes back, hands the connection back to a
+    /// task, with what is left of the frame it was writing.
+    fn deliver(&self, unpark: &Arc<Unpark>) {
+        loop {
+            let link = {
+                let mut slots = self.slots.lock();
+                let (slot, generation) = split(Token(unpark.token.load(Ordering::Acquire)));
+                let Some(parked) =
+                    slots.entries.get_mut(slot).filter(|p| p.generation == generation)
+                else {
+                    return;
+                };
+                match write_out(parked) {
+                    Ok(()) => parked.link.clone(),
+                    Err(rest) => {
+                        let parked = slots.entries.remove(slot);
+                        drop(slots);
+                        self.hand_back(parked, rest);
+                        return;
+                    }
+                }
+            };
+            // Waking took the waker out of the link: put it back, outside the lock
+            // (registering can wake at once), then look again for what came meanwhile.
+            link.register(&Waker::from(unpark.clone()));
+            if !link.has_work() {
+                return;
+            }
+        }
+    }
+
+    /// The device sent something on the connection parked under `token`, if it is still
+    /// parked: a task reads it ([`crate::connection::wake`]).
+    fn readable(self: &Arc<Self>, token: Token) {
         let (slot, generation) = split(token);
         let parked = {
             let mut slots = self.slots.lock();
@@ -136,13 +202,19 @@ impl Park {
                 _ => return,
             }
         };
-        self.hand_back(parked);
+        self.runtime.spawn(crate::connection::wake(self.clone(), parked));
     }
 
-    fn hand_back(&self, mut parked: Parked) {
-        // Events already taken for this token find the slot empty, or another generation.
+    /// Spawns the task that carries on with `parked`, writing `writing` first.
+    fn hand_back(&self, mut parked: Parked, writing: Option<Bytes>) {
+        self.release(&mut parked);
+        self.runtime.spawn(crate::connection::resume(parked, writing));
+    }
+
+    /// Takes a socket taken out of the slab off the epoll, for a task to own it.
+    pub fn release(&self, parked: &mut Parked) {
+        // Events already taken for its token find the slot empty, or another generation.
         let _ = self.registry.deregister(&mut parked.socket);
-        self.runtime.spawn(crate::connection::resume(parked));
     }
 
     /// Connections parked now.
@@ -152,6 +224,26 @@ impl Park {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Writes every frame queued on the link. `Err` hands the connection back: with what is
+/// left of a frame the socket did not take whole, or with nothing on a close request
+/// (the task closes) or a write error (the task writes again and sees it).
+fn write_out(parked: &mut Parked) -> Result<(), Option<Bytes>> {
+    loop {
+        let mut frame = match parked.link.next() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(_closing) => return Err(None),
+        };
+        while !frame.is_empty() {
+            match (&parked.socket).write(&frame) {
+                Ok(n) if n > 0 => frame.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => return Err(Some(frame)),
+            }
+        }
     }
 }
 
@@ -168,7 +260,7 @@ fn wait(mut poll: Poll, park: Weak<Park>) {
         }
         let Some(park) = park.upgrade() else { return };
         for event in events.iter() {
-            park.unpark(event.token());
+            park.readable(event.token());
         }
     }
 }

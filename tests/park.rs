@@ -51,19 +51,27 @@ async fn idle_plain_connections_park_and_carry_on_where_they_stopped() {
     let body = http_get(admin, "/metrics").await.1;
     assert!(body.contains("longlink_parked_connections 20"), "{body}");
 
-    // A frame from the device: answered.
+    // A frame from the device: read, handled and answered while the connection stays
+    // parked (it is filed again before its answer is written).
     for device in &mut devices {
         device.ping().await.unwrap();
         pong(device).await;
     }
+    assert_eq!(server.node().park.parked(), 20, "answered without becoming tasks");
     // A push to a parked device: delivered, and its ack is taken.
     eventually(5, || server.node().park.parked() == 20).await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     server.notify(&refs, "wake").await;
-    for (device, id) in devices.iter_mut().zip(&ids) {
+    let mut seqs = Vec::new();
+    for device in &mut devices {
         let push = next_push(device).await;
         assert_eq!(push.notification.unwrap().title, "wake");
-        device.ack(push.seq).await.unwrap();
+        seqs.push(push.seq);
+    }
+    // Written by the push itself: no device was handed back to a task for it.
+    assert_eq!(server.node().park.parked(), 20);
+    for ((device, id), seq) in devices.iter_mut().zip(&ids).zip(seqs) {
+        device.ack(seq).await.unwrap();
         let key = DeviceKey::new(APP, id);
         eventually(5, || server.node().hub.pending(&key) == 0).await;
     }
@@ -125,6 +133,35 @@ async fn a_parked_connection_closes_for_every_reason_with_its_frame() {
     assert_eq!(server.node().park.parked(), 0);
 }
 
+/// A parked device that does not read: the park writes what the socket takes, hands
+/// the rest of the frame to a task, and the device gets every byte, in order, once it
+/// reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_socket_that_pushes_back_gets_every_frame_whole_and_in_order() {
+    let server = start_with(|c| {
+        c.device.park_after_ms = 20;
+        c.device.send_buffer_bytes = 4096;
+    })
+    .await;
+    let (mut device, _) = server.device("full").await;
+    eventually(5, || server.node().park.parked() == 1).await;
+    let mut router = server.router().await;
+    const PUSHES: usize = 40;
+    for i in 0..PUSHES {
+        // About 3 KiB each: the socket's buffers fill after a few.
+        let title = format!("{i:04}{}", "x".repeat(3_000));
+        router.push(notification(&["full"], &title)).await.unwrap();
+    }
+    assert_eq!(server.node().park.parked(), 0, "pushed back: handed to a task");
+    for i in 0..PUSHES {
+        let push = next_push(&mut device).await;
+        assert_eq!(push.seq, i as u64 + 1);
+        assert_eq!(&push.notification.unwrap().title[..4], format!("{i:04}"));
+    }
+    eventually(5, || server.node().park.parked() == 1).await;
+    server.stop().await;
+}
+
 /// The lost wake-up this design could have: a push queued while its connection parks,
 /// which would then wait for whatever wakes the connection next. Each push here waits
 /// for the one before it to arrive, spaced so that many land as the connection parks
@@ -143,7 +180,9 @@ async fn pushes_racing_the_park_are_all_delivered_at_once_in_order() {
             .unwrap_or_else(|_| panic!("push {seq} was queued but never written"));
         assert_eq!(push.seq, seq, "pushes arrive once each, in order");
         assert_eq!(push.notification.unwrap().title, title);
-        if seq % 7 == 0 {
+        // An ack wakes the connection from the park; a push to a parked one is written
+        // by the push itself.
+        if seq % 2 == 0 {
             device.ack(seq).await.unwrap();
         }
         let pause = rand::random_range(500..2_500);

@@ -5,10 +5,13 @@
 //! cursor, in seq order, under its registry entry. The fan-out of broadcast N writes N
 //! straight away to a device that has had everything before it and runs the catch-up
 //! for one that has not, so a reconnecting device never sees N before N - 1. Writing
-//! queues on the link and never waits for its socket; an overflowing link is closed as a
-//! slow consumer and catches up when it comes back.
+//! queues on the link and never waits for its socket (a parked connection's frame is
+//! written to its socket at once, without blocking: see `park`); an overflowing link is
+//! closed as a slow consumer and catches up when it comes back. The fan-out's live
+//! devices are handed out by one thread per core.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::{Cursor, Device, Hub};
@@ -23,6 +26,18 @@ use crate::store::{Loaded, Space};
 
 /// Log entries read at a time during a catch-up.
 const BATCH: usize = 64;
+/// Live devices a fan-out thread takes at a time.
+const CHUNK: usize = 256;
+/// Live devices per extra fan-out thread: smaller broadcasts are handed out by the
+/// calling thread alone.
+const HELPER_DEVICES: usize = 4_096;
+
+/// Threads a fan-out may add to the calling one: one per other core, at most 7.
+fn fanout_helpers() -> usize {
+    static HELPERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *HELPERS
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) - 1)
+}
 
 /// Why a device's broadcasts are being handed out.
 #[derive(Debug, Clone, Copy)]
@@ -76,17 +91,51 @@ impl Hub {
             self.persist_broadcast(app, &entry);
         }
         let mut fanout = Fanout { seq: entry.seq, ..Fanout::default() };
-        for mut item in self.devices.iter_mut() {
-            let (key, device) = item.pair_mut();
+        // First the devices it is for, counting those offline; then the live ones are
+        // handed it by every core at once: handing it over may write to the socket (a
+        // parked connection's frame is written by whoever queues it).
+        let mut live = Vec::new();
+        for item in self.devices.iter() {
+            let (key, device) = item.pair();
             if *key.app != **app || !entry.is_for(device.cursor.floor) {
                 continue;
             }
-            if let Some(link) = device.open_link() {
-                self.pump_broadcasts(key, device, &link, Occasion::Fanout(&entry));
+            match device.open_link() {
+                Some(_) => live.push(key.clone()),
+                None => fanout.count(false, ephemeral),
             }
-            // Written, not scanned: a device that connected during this walk skipped a
-            // TTL-0 broadcast in its catch-up and has scanned past it without having it.
-            fanout.count(device.cursor.written >= entry.seq, ephemeral);
+        }
+        let next = AtomicUsize::new(0);
+        let hand = || {
+            let mut part = Fanout::default();
+            loop {
+                let from = next.fetch_add(CHUNK, Ordering::Relaxed);
+                if from >= live.len() {
+                    return part;
+                }
+                for key in &live[from..(from + CHUNK).min(live.len())] {
+                    let Some(mut device) = self.devices.get_mut(key) else { continue };
+                    if let Some(link) = device.open_link() {
+                        self.pump_broadcasts(key, &mut device, &link, Occasion::Fanout(&entry));
+                    }
+                    // Written, not scanned: a device that connected during this walk
+                    // skipped a TTL-0 broadcast in its catch-up and has scanned past it
+                    // without having it.
+                    part.count(device.cursor.written >= entry.seq, ephemeral);
+                }
+            }
+        };
+        let helpers = (live.len() / HELPER_DEVICES).min(fanout_helpers());
+        let parts: Vec<Fanout> = std::thread::scope(|scope| {
+            let running: Vec<_> = (0..helpers).map(|_| scope.spawn(hand)).collect();
+            let mine = hand();
+            let theirs = running.into_iter().map(|h| h.join().expect("fan-out helper"));
+            std::iter::once(mine).chain(theirs).collect()
+        });
+        for part in parts {
+            fanout.sent += part.sent;
+            fanout.stored += part.stored;
+            fanout.not_delivered += part.not_delivered;
         }
         if ephemeral {
             self.broadcasts.remove(app, entry.seq);
