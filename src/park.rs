@@ -37,6 +37,10 @@ use crate::session::DeviceKey;
 
 /// Readiness events taken per wait of the park thread.
 const EVENTS: usize = 1024;
+/// Slabs the parked connections are spread over. A frame queued on a parked link is
+/// written under its slab's lock (that lock is what keeps two writers off one socket),
+/// so a fan-out on every core needs many slabs, or its threads take turns at one.
+const SHARDS: usize = 64;
 /// How long the park thread waits before it checks whether its node is gone.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
@@ -58,7 +62,9 @@ pub struct Parked {
 #[derive(Debug)]
 pub struct Park {
     registry: mio::Registry,
-    slots: Mutex<Slots>,
+    shards: Box<[Mutex<Slots>]>,
+    /// Where the next connection parks: round robin over `shards`.
+    next: AtomicUsize,
     runtime: tokio::runtime::Handle,
     /// Connections parked since start.
     parks: AtomicU64,
@@ -95,7 +101,8 @@ impl Park {
         let poll = Poll::new()?;
         let park = Arc::new(Park {
             registry: poll.registry().try_clone()?,
-            slots: Mutex::new(Slots::default()),
+            shards: (0..SHARDS).map(|_| Mutex::new(Slots::default())).collect(),
+            next: AtomicUsize::new(0),
             runtime: tokio::runtime::Handle::current(),
             parks: AtomicU64::new(0),
         });
@@ -129,12 +136,13 @@ impl Park {
     fn file(&self, mut parked: Parked, again: bool) -> Result<(), Parked> {
         let link = parked.link.clone();
         let unpark = parked.unpark.clone();
+        let shard = self.next.fetch_add(1, Ordering::Relaxed) % SHARDS;
         {
-            let mut slots = self.slots.lock();
+            let mut slots = self.shards[shard].lock();
             slots.generation = slots.generation.wrapping_add(1);
             parked.generation = slots.generation;
             let entry = slots.entries.vacant_entry();
-            let token = token(entry.key(), parked.generation);
+            let token = token(Place { shard, slot: entry.key() }, parked.generation);
             // Under the lock: an event for this token waits until the entry is in. Both
             // report data that is already there.
             let registry = &self.registry;
@@ -165,8 +173,9 @@ impl Park {
     fn deliver(&self, unpark: &Arc<Unpark>) {
         loop {
             let link = {
-                let mut slots = self.slots.lock();
-                let (slot, generation) = split(Token(unpark.token.load(Ordering::Acquire)));
+                let (place, generation) = split(Token(unpark.token.load(Ordering::Acquire)));
+                let mut slots = self.shards[place.shard].lock();
+                let slot = place.slot;
                 let Some(parked) =
                     slots.entries.get_mut(slot).filter(|p| p.generation == generation)
                 else {
@@ -194,11 +203,11 @@ impl Park {
     /// The device sent something on the connection parked under `token`, if it is still
     /// parked: a task reads it ([`crate::connection::wake`]).
     fn readable(self: &Arc<Self>, token: Token) {
-        let (slot, generation) = split(token);
+        let (place, generation) = split(token);
         let parked = {
-            let mut slots = self.slots.lock();
-            match slots.entries.get(slot) {
-                Some(p) if p.generation == generation => slots.entries.remove(slot),
+            let mut slots = self.shards[place.shard].lock();
+            match slots.entries.get(place.slot) {
+                Some(p) if p.generation == generation => slots.entries.remove(place.slot),
                 _ => return,
             }
         };
@@ -219,7 +228,7 @@ impl Park {
 
     /// Connections parked now.
     pub fn len(&self) -> usize {
-        self.slots.lock().entries.len()
+        self.shards.iter().map(|s| s.lock().entries.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -265,13 +274,25 @@ fn wait(mut poll: Poll, park: Weak<Park>) {
     }
 }
 
-fn token(slot: usize, generation: u32) -> Token {
-    Token((u64::from(generation) << 32 | slot as u64) as usize)
+/// Where a parked connection is: which slab, which entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    shard: usize,
+    slot: usize,
 }
 
-fn split(token: Token) -> (usize, u32) {
+/// The low 32 bits say where (slot * SHARDS + shard: 67 million entries a slab), the
+/// high 32 bits which occupant.
+fn token(place: Place, generation: u32) -> Token {
+    let at = (place.slot * SHARDS + place.shard) as u64;
+    debug_assert!(at <= u64::from(u32::MAX));
+    Token((u64::from(generation) << 32 | at) as usize)
+}
+
+fn split(token: Token) -> (Place, u32) {
     let raw = token.0 as u64;
-    ((raw & u64::from(u32::MAX)) as usize, (raw >> 32) as u32)
+    let at = (raw & u64::from(u32::MAX)) as usize;
+    (Place { shard: at % SHARDS, slot: at / SHARDS }, (raw >> 32) as u32)
 }
 
 /// The node's park, started on first use; `None` when it could not start (logged once).
@@ -311,10 +332,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_keep_slot_and_generation_apart() {
-        for (slot, generation) in [(0, 0), (1, 1), (123_456, u32::MAX), (u32::MAX as usize, 7)] {
-            assert_eq!(split(token(slot, generation)), (slot, generation));
+    fn tokens_keep_shard_slot_and_generation_apart() {
+        let max_slot = u32::MAX as usize / SHARDS;
+        let places = [(0, 0), (1, 0), (0, 1), (SHARDS - 1, 123_456), (SHARDS - 1, max_slot)];
+        for (shard, slot) in places {
+            for generation in [0, 1, u32::MAX] {
+                let place = Place { shard, slot };
+                assert_eq!(split(token(place, generation)), (place, generation));
+            }
         }
-        assert_ne!(token(5, 1), token(5, 2));
+        let place = Place { shard: 3, slot: 5 };
+        assert_ne!(token(place, 1), token(place, 2));
+        assert_ne!(token(place, 1), token(Place { shard: 4, slot: 5 }, 1));
     }
 }
