@@ -113,7 +113,8 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
                 node.hub.preview_broadcast(app, &message)
             } else {
                 metrics::counter!("longlink_pushes_total", "result" => "broadcast").increment(1);
-                let fanout = node.hub.broadcast(app, message.clone(), broadcast.new_devices);
+                let new_devices = broadcast.new_devices;
+                let fanout = blocking(|| node.hub.broadcast(app, message.clone(), new_devices));
                 // A broadcast's timeline is this one entry: per-device steps would be one
                 // per device of the app (subscribers of Receipts still get them).
                 let target = format!(
@@ -147,6 +148,17 @@ fn deliver(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
     }
     let message_id = if dry { String::new() } else { message.id.clone() };
     Ok(PushResponse { message_id, results, broadcast: None })
+}
+
+/// Runs a long synchronous step (a fan-out to every device of an app, whose writes take
+/// a whole core for a while) without holding up the other tasks of the runtime thread
+/// that called it: on a multi-thread runtime they move to another thread meanwhile.
+fn blocking<T>(step: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(step),
+        _ => step(),
+    }
 }
 
 fn to_devices(
