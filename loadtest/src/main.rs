@@ -27,10 +27,16 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        cli::Command::Worker => runtime.block_on(worker::run()).map(|()| ExitCode::SUCCESS),
+        // One thread per worker process: its devices' tasks never wake a second thread
+        // of their own runtime, which on a machine shared with the server costs it
+        // cross-core wake-ups; more devices means more worker processes instead.
+        cli::Command::Worker => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(worker::run()).map(|()| ExitCode::SUCCESS)
+        }
         command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let ok = runtime.block_on(scenario::run(command))?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
