@@ -132,46 +132,59 @@ pub fn resume(parked: Parked, writing: Option<Bytes>) -> impl Future<Output = ()
 }
 
 /// A parked connection whose device sent something. Whole frames are read and handled
-/// here and the connection parks again at once; anything else (the device closing, half
-/// a frame, a frame that ends the session, a device that keeps sending) makes it a task
-/// again, with what was read.
+/// here, what they queued (a Pong) is written, and the connection parks again at once;
+/// anything else (the device closing, half a frame, a frame that ends the session, a
+/// device that keeps sending, a socket that pushes back) makes it a task again.
 pub async fn wake(park: Arc<Park>, mut parked: Parked) {
     let node = parked.guard.node().clone();
     let mut decoder = Decoder::new(node.settings.max_frame_bytes);
-    if read_parked(&node, &mut parked, &mut decoder) {
-        return park.repark(parked);
-    }
+    let writing = match read_parked(&node, &mut parked, &mut decoder) {
+        Quick::Done => return park.repark(parked),
+        Quick::Task(writing) => writing,
+    };
     park.release(&mut parked);
-    carry_on(parked, None, decoder).await;
+    carry_on(parked, writing, decoder).await;
 }
 
-/// Reads a parked socket until it has nothing more and handles every whole frame. True
-/// when all it read was whole frames and the device has not closed.
-fn read_parked(node: &Node, parked: &mut Parked, decoder: &mut Decoder) -> bool {
+/// How a parked connection's quick read ended.
+enum Quick {
+    /// Only whole frames, all handled and answered: it can park again.
+    Done,
+    /// It needs a task, which first writes what is left of this frame, if any.
+    Task(Option<Bytes>),
+}
+
+/// Reads a parked socket until it has nothing more, handles every whole frame and
+/// writes what they queued after each read, as a task would: a device that sends a
+/// burst of pings gets its Pongs as they come, not all at once past its queue's bound.
+fn read_parked(node: &Node, parked: &mut Parked, decoder: &mut Decoder) -> Quick {
     let mut chunk = [0u8; READ_CHUNK];
     let mut read = 0;
     loop {
         match std::io::Read::read(&mut &parked.socket, &mut chunk) {
             // The task reads the end again, and closes.
-            Ok(0) => return false,
+            Ok(0) => return Quick::Task(None),
             Ok(n) => {
                 let now = node.hub.heartbeats.now_ms();
                 parked.link.touch(now);
                 let (key, link) = (&parked.key, &parked.link);
                 if let Err(reason) = feed(node, key, link, decoder, &chunk[..n], now) {
                     link.close(reason);
-                    return false;
+                    return Quick::Task(None);
+                }
+                if let Err(rest) = crate::park::write_out(parked) {
+                    return Quick::Task(rest);
                 }
                 read += n;
                 if read >= QUICK_READ_MAX {
-                    return false;
+                    return Quick::Task(None);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return decoder.buffered() == 0;
+                return if decoder.buffered() == 0 { Quick::Done } else { Quick::Task(None) };
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
+            Err(_) => return Quick::Task(None),
         }
     }
 }
@@ -254,7 +267,7 @@ async fn refuse(node: &Node, failed: Failed) {
     node.recent.handshake_failed(reason.label());
     log_close(reason);
     if let Some(stream) = failed.stream {
-        say_goodbye(stream, reason, 0).await;
+        say_goodbye(stream, None, reason, 0).await;
     }
 }
 
@@ -339,7 +352,7 @@ async fn close(conn: Live, reason: CloseReason) {
     let node = conn.alive.node();
     end(node, &conn.key, &conn.link, reason);
     let spread = node.settings.reconnect_delay_ms();
-    say_goodbye(conn.stream, reason, spread).await;
+    say_goodbye(conn.stream, conn.writing, reason, spread).await;
 }
 
 /// Everything a session's end does but tell the app.
@@ -377,13 +390,24 @@ fn log_close(reason: CloseReason) {
     }
 }
 
-/// Sends the frame that tells the app why, then closes, within a bounded time.
-async fn say_goodbye(mut stream: Stream, reason: CloseReason, spread_ms: u32) {
+/// Sends the frame that tells the app why, then closes, within a bounded time. A frame
+/// the socket had taken part of (`writing`) is finished first: the farewell written in
+/// its place would be read as the rest of it. If that does not fit in the time, the app
+/// gets no farewell, only the end of the stream.
+async fn say_goodbye(
+    mut stream: Stream,
+    writing: Option<Bytes>,
+    reason: CloseReason,
+    spread_ms: u32,
+) {
     let limit = match reason {
         CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout => FAREWELL_TIMEOUT_STUCK,
         _ => FAREWELL_TIMEOUT,
     };
     let _ = tokio::time::timeout(limit, async {
+        if let Some(rest) = writing {
+            stream.write_all(&rest).await?;
+        }
         if let Some(frame) = farewell(reason, spread_ms) {
             stream.write_all(&frame).await?;
         }

@@ -15,10 +15,14 @@
 //! stopped.
 //!
 //! Nothing is lost in between: registering a socket that already has data pending
-//! reports it at once (epoll checks readiness on add), and `park` checks the link for
-//! work after the entry's waker is in place, so a push that raced the parking wakes
-//! either the old task, which then parks and finds it, or the entry.
+//! reports it at once (epoll checks readiness on add), and the link is checked for work
+//! after the entry's waker is in place, so a push that raced the parking is found by
+//! that check or wakes the entry. The entry's waker is only ever put on the link under
+//! the lock of the slab that holds the entry ([`arm`]): registered after the entry left,
+//! it would take the place of the waker of the task that has the connection now, and
+//! that task would not hear of pushes or closes until its device sent something.
 
+use std::cell::Cell;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -84,14 +88,34 @@ struct Unpark {
     token: AtomicUsize,
 }
 
+thread_local! {
+    /// Set while this thread, holding a slab's lock, registers an entry's waker:
+    /// registering wakes the new waker at once when a wake raced it, and that wake must
+    /// not take the same lock again. The registering thread looks for work right after.
+    static ARMING: Cell<bool> = const { Cell::new(false) };
+}
+
 impl Wake for Unpark {
     fn wake(self: Arc<Self>) {
-        self.park.deliver(&self);
+        self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.park.deliver(self);
+        if !ARMING.get() {
+            self.park.deliver(self);
+        }
     }
+}
+
+/// Makes `unpark` the link's waker and says whether the link already has work (frames
+/// or a close that came before). Only under the lock of the slab that holds the entry:
+/// once the lock is released the entry may leave the park at any moment, and a waker
+/// registered after that would take the place of its task's (a lost wake-up).
+fn arm(link: &Link, unpark: &Arc<Unpark>) -> bool {
+    ARMING.set(true);
+    link.register(&Waker::from(unpark.clone()));
+    ARMING.set(false);
+    link.has_work()
 }
 
 impl Park {
@@ -134,10 +158,9 @@ impl Park {
     }
 
     fn file(&self, mut parked: Parked, again: bool) -> Result<(), Parked> {
-        let link = parked.link.clone();
         let unpark = parked.unpark.clone();
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        {
+        let work = {
             let mut slots = self.shards[shard].lock();
             slots.generation = slots.generation.wrapping_add(1);
             parked.generation = slots.generation;
@@ -154,12 +177,11 @@ impl Park {
                 return Err(parked);
             }
             unpark.token.store(token.0, Ordering::Release);
-            entry.insert(parked);
-        }
+            // A push or close that came after the last look went to the earlier waker.
+            arm(&entry.insert(parked).link, &unpark)
+        };
         self.parks.fetch_add(1, Ordering::Relaxed);
-        link.register(&Waker::from(unpark.clone()));
-        // A push or close that came after the last look went to the earlier waker.
-        if link.has_work() {
+        if work {
             self.deliver(&unpark);
         }
         Ok(())
@@ -172,29 +194,23 @@ impl Park {
     /// task, with what is left of the frame it was writing.
     fn deliver(&self, unpark: &Arc<Unpark>) {
         loop {
-            let link = {
-                let (place, generation) = split(Token(unpark.token.load(Ordering::Acquire)));
-                let mut slots = self.shards[place.shard].lock();
-                let slot = place.slot;
-                let Some(parked) =
-                    slots.entries.get_mut(slot).filter(|p| p.generation == generation)
-                else {
-                    return;
-                };
-                match write_out(parked) {
-                    Ok(()) => parked.link.clone(),
-                    Err(rest) => {
-                        let parked = slots.entries.remove(slot);
-                        drop(slots);
-                        self.hand_back(parked, rest);
-                        return;
-                    }
-                }
+            let (place, generation) = split(Token(unpark.token.load(Ordering::Acquire)));
+            let mut slots = self.shards[place.shard].lock();
+            let Some(parked) =
+                slots.entries.get_mut(place.slot).filter(|p| p.generation == generation)
+            else {
+                // Taken out meanwhile: whoever has it looks at the link (see `arm`).
+                return;
             };
-            // Waking took the waker out of the link: put it back, outside the lock
-            // (registering can wake at once), then look again for what came meanwhile.
-            link.register(&Waker::from(unpark.clone()));
-            if !link.has_work() {
+            if let Err(rest) = write_out(parked) {
+                let parked = slots.entries.remove(place.slot);
+                drop(slots);
+                self.hand_back(parked, rest);
+                return;
+            }
+            // Waking took the waker out of the link: put it back, then look again for
+            // what came meanwhile.
+            if !arm(&parked.link, unpark) {
                 return;
             }
         }
@@ -236,10 +252,11 @@ impl Park {
     }
 }
 
-/// Writes every frame queued on the link. `Err` hands the connection back: with what is
-/// left of a frame the socket did not take whole, or with nothing on a close request
-/// (the task closes) or a write error (the task writes again and sees it).
-fn write_out(parked: &mut Parked) -> Result<(), Option<Bytes>> {
+/// Writes every frame queued on the link; only whoever holds `parked` (out of its slab,
+/// or under its slab's lock) may. `Err` hands the connection back: with what is left of
+/// a frame the socket did not take whole, or with nothing on a close request (the task
+/// closes) or a write error (the task writes again and sees it).
+pub(crate) fn write_out(parked: &mut Parked) -> Result<(), Option<Bytes>> {
     loop {
         let mut frame = match parked.link.next() {
             Ok(Some(frame)) => frame,

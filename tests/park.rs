@@ -246,3 +246,30 @@ async fn what_arrives_while_a_connection_parks_is_taken_up() {
     }
     server.stop().await;
 }
+
+/// More frames in one write than the outbound queue holds answers: every one is
+/// answered, parked or not. The quick read of a parked connection writes what each read
+/// queued before it reads on, as a task does, instead of queueing every Pong first and
+/// closing the device as a slow consumer past the queue's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pings_larger_than_the_queue_gets_every_pong_parked_or_not() {
+    let ping = longlink::frame::encode(&longlink::proto::device::ClientFrame {
+        frame: Some(client_frame::Frame::Ping(Ping { client_time_ms: 1_800_000_000_000 })),
+    });
+    for park_after_ms in [1, 60_000] {
+        let server = start_with(parks_after(park_after_ms)).await;
+        let burst = 3 * longlink::config::Config::default().device.outbound_max_frames;
+        let (mut device, _) = server.device("burst").await;
+        if park_after_ms == 1 {
+            eventually(5, || server.node().park.parked() == 1).await;
+        }
+        device.send_raw(&ping.repeat(burst)).await.unwrap();
+        for n in 0..burst {
+            match within(5, device.recv()).await {
+                Ok(ServerFrame { frame: Some(server_frame::Frame::Pong(_)) }) => {}
+                other => panic!("park after {park_after_ms} ms: after {n} Pongs, {other:?}"),
+            }
+        }
+        server.stop().await;
+    }
+}
