@@ -45,6 +45,10 @@ const EVENTS: usize = 1024;
 /// written under its slab's lock (that lock is what keeps two writers off one socket),
 /// so a fan-out on every core needs many slabs, or its threads take turns at one.
 const SHARDS: usize = 64;
+/// Entries a full slab grows by. Not doubling: a slab that doubled is on average a
+/// third empty, which cost 45 bytes per parked connection at 19,000; the copy a
+/// fixed step makes instead is a few microseconds a slab, rarely.
+const GROW: usize = 64;
 /// How long the park thread waits before it checks whether its node is gone.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
@@ -162,6 +166,9 @@ impl Park {
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % SHARDS;
         let work = {
             let mut slots = self.shards[shard].lock();
+            if slots.entries.len() == slots.entries.capacity() {
+                slots.entries.reserve_exact(GROW);
+            }
             slots.generation = slots.generation.wrapping_add(1);
             parked.generation = slots.generation;
             let entry = slots.entries.vacant_entry();
