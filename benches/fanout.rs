@@ -78,7 +78,6 @@ impl Fleet {
                 ..Default::default()
             };
             let session = Session {
-                id,
                 link: Arc::new(Link::new(id, 270_000, 0)),
                 transport: Transport::Tcp,
                 since_ms: 0,

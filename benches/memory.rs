@@ -61,14 +61,8 @@ fn stage(name: &str, before: u64, started: Instant) -> u64 {
     now
 }
 
-fn session(id: u64, link: Arc<Link>) -> Session {
-    Session {
-        id,
-        link,
-        transport: Transport::Tcp,
-        since_ms: 1_800_000_000_000,
-        heartbeat_secs: 180,
-    }
+fn session(link: Arc<Link>) -> Session {
+    Session { link, transport: Transport::Tcp, since_ms: 1_800_000_000_000, heartbeat_secs: 180 }
 }
 
 fn profile() -> Profile {
@@ -115,8 +109,8 @@ fn main() {
         scratch.push((key, Arc::new(Link::new(i as u64, SILENCE_MS, 0))));
     }
     let at = stage("device id + link", at, started);
-    for (i, (key, link)) in scratch.iter().enumerate() {
-        hub.connect(key, profile(), session(i as u64, link.clone()));
+    for (key, link) in scratch.iter() {
+        hub.connect(key, profile(), session(link.clone()));
     }
     settle();
     let at = stage("Hub::connect (registry, session, store)", at, started);

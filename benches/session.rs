@@ -33,7 +33,6 @@ const SHARED_KEYS: usize = 1_024;
 
 fn session(id: u64) -> Session {
     Session {
-        id,
         link: Arc::new(Link::new(id, 270_000, 0)),
         transport: Transport::Tcp,
         since_ms: 0,
@@ -74,7 +73,7 @@ impl Table {
 
     /// Ends session `id` of `key`; true when it was the live one.
     fn remove(&self, key: &DeviceKey, id: u64) -> bool {
-        let live = self.hub.session(key).is_some_and(|s| s.id == id);
+        let live = self.hub.session(key).is_some_and(|s| s.id() == id);
         self.hub.disconnect(key, id, 0);
         live
     }
@@ -171,7 +170,7 @@ impl Rival {
                 for (key, s) in keys.iter().zip(&spare) {
                     table.insert(key, s.clone());
                     if round % 3 == 0 {
-                        table.remove(key, s.id);
+                        table.remove(key, s.id());
                     }
                 }
                 round += 1;
@@ -235,7 +234,7 @@ fn shared_ops(c: &mut Criterion, name: &str, table: &Table, keys: &[DeviceKey]) 
         b.iter(|| {
             i = (i + 1) % keys.len();
             table.insert(&keys[i], mine[i].clone());
-            table.remove(&keys[i], mine[i].id)
+            table.remove(&keys[i], mine[i].id())
         })
     });
     group.finish();

@@ -49,13 +49,7 @@ fn open_hub(dir: &std::path::Path) -> Hub {
 fn register(hub: &Hub, devices: &[DeviceKey]) {
     for (id, key) in devices.iter().enumerate() {
         let link = Arc::new(Link::new(id as u64, 60_000, 0));
-        let session = Session {
-            id: id as u64,
-            link,
-            transport: Transport::Tcp,
-            since_ms: 0,
-            heartbeat_secs: 180,
-        };
+        let session = Session { link, transport: Transport::Tcp, since_ms: 0, heartbeat_secs: 180 };
         hub.connect(key, Profile::default(), session);
         hub.disconnect(key, id as u64, 0);
     }
@@ -130,7 +124,6 @@ fn main() {
     for (id, key) in devices.iter().enumerate() {
         let link = Arc::new(Link::new(id as u64, 60_000, 0));
         let session = Session {
-            id: id as u64,
             link: link.clone(),
             transport: Transport::Tcp,
             since_ms: 0,

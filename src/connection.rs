@@ -283,13 +283,13 @@ async fn welcome(
     let span = tracing::Span::current();
     span.record("app", &*key.app);
     span.record("device", &*key.device);
-    span.record("session", format!("{:x}", session.id));
+    span.record("session", format!("{:x}", session.id()));
     metrics::counter!("longlink_handshakes_total", "transport" => session.transport.label())
         .increment(1);
     tracing::info!(
         app = %key.app,
         device = %key.device,
-        session = %format_args!("{:x}", session.id),
+        session = %format_args!("{:x}", session.id()),
         transport = session.transport.label(),
         heartbeat_secs = session.heartbeat_secs,
         "session established"

@@ -110,8 +110,7 @@ async fn greet(
     let link = Arc::new(Link::new(id, silence_limit_ms, now_ms));
     link.set_token_expiry(token_exp);
     link.carry_budget(budget);
-    let session =
-        Session { id, link, transport, since_ms: crate::clock::unix_ms(), heartbeat_secs };
+    let session = Session { link, transport, since_ms: crate::clock::unix_ms(), heartbeat_secs };
     let profile = Profile {
         platform: hello.platform,
         app_version: hello.app_version,

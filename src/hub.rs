@@ -91,8 +91,6 @@ pub struct Device {
     pub report: Option<Box<DeviceReport>>,
     /// When the device was last heard from while no session was live, Unix ms.
     pub last_seen_ms: i64,
-    /// Seqs up to here may have been given out; kept on disk ahead of use.
-    seq_floor: u64,
     /// Allocated when the device first gets a message: most connected devices are idle,
     /// and an inline mailbox would cost each of them 80 bytes.
     mailbox: Option<Box<Mailbox>>,
@@ -145,7 +143,7 @@ impl Device {
             user_id: self.user.as_deref().unwrap_or_default().to_string(),
             report: self.report.as_deref().cloned(),
             last_seen_ms: self.last_seen_ms,
-            seq_floor: self.seq_floor,
+            seq_floor: self.mailbox.as_ref().map_or(0, |m| m.floor()),
             broadcast_floor: self.cursor.floor,
             broadcast_acked: self.cursor.acked,
             missed: self.mailbox.as_ref().map_or(0, |m| m.missed()),
@@ -184,7 +182,10 @@ pub struct Hub {
     pub budgets: Budgets,
     /// Orders the writes of apps' highest broadcast seqs (see `persist_broadcast_seq`).
     seq_writes: parking_lot::Mutex<()>,
-    devices: DashMap<DeviceKey, Device>,
+    /// Boxed: a slot holds the key and a pointer (40 bytes) rather than the whole device,
+    /// so the table's empty slots (from an eighth up to over half of them, depending on
+    /// where the count falls between doublings) cost little.
+    devices: DashMap<DeviceKey, Box<Device>>,
     users: UserIndex,
     versions: DashMap<Arc<str>, ()>,
     limits: HubLimits,
@@ -225,7 +226,6 @@ impl Hub {
                 app_version: self.intern(&r.app_version),
                 report: r.report.map(Box::new),
                 last_seen_ms: r.last_seen_ms,
-                seq_floor: r.seq_floor,
                 cursor: Cursor {
                     floor: r.broadcast_floor,
                     acked: r.broadcast_acked,
@@ -246,9 +246,8 @@ impl Hub {
                     }
                 }
             }
-            if device.seq_floor > 0 {
-                let floor = device.seq_floor;
-                device.mailbox().raise_floor(floor);
+            if r.seq_floor > 0 {
+                device.mailbox().raise_floor(r.seq_floor);
             }
             if r.missed > 0 {
                 device.mailbox().restore_missed(r.missed);
@@ -259,7 +258,7 @@ impl Hub {
             self.broadcasts.raise(&app, r.broadcast_acked.max(r.broadcast_handed));
             let user = (!r.user_id.is_empty()).then(|| Arc::from(r.user_id.as_str()));
             self.rebind(&key, &mut device, user);
-            self.devices.insert(key, device);
+            self.devices.insert(key, Box::new(device));
         }
         restored
     }
@@ -272,7 +271,7 @@ impl Hub {
         let mut device = self.devices.entry(key.clone()).or_insert_with(|| {
             new = true;
             let floor = self.broadcasts.last_seq(&key.app);
-            Device { cursor: Cursor { floor, ..Cursor::default() }, ..Device::default() }
+            Box::new(Device { cursor: Cursor { floor, ..Cursor::default() }, ..Device::default() })
         });
         // Written only when something changed: a reconnect storm after a restart must not
         // become a storm of identical registry writes.
@@ -328,7 +327,7 @@ impl Hub {
     /// Ends session `session_id` of the device, unless a newer session replaced it.
     pub fn disconnect(&self, key: &DeviceKey, session_id: u64, now_unix_ms: i64) {
         if let Some(mut device) = self.devices.get_mut(key)
-            && let Some(ended) = device.live.take_if(|s| s.id == session_id)
+            && let Some(ended) = device.live.take_if(|s| s.id() == session_id)
         {
             self.sessions.closed(&key.app, ended.transport);
             self.budgets.keep(key, ended.link.budget(), self.heartbeats.now_ms());
@@ -356,8 +355,8 @@ impl Hub {
         count_dropped("collapsed", added.collapsed.len());
         // The record holds the seq floor and the missed count: a restart must neither
         // reuse a seq nor forget to tell the device what it missed.
-        if added.seq > device.seq_floor {
-            device.seq_floor = added.seq + SEQ_BLOCK;
+        if added.seq > device.mailbox().floor() {
+            device.mailbox().reserve(added.seq + SEQ_BLOCK);
             self.persist_device(key, &device);
         } else if !added.dropped.is_empty() {
             self.persist_device(key, &device);
@@ -398,7 +397,7 @@ impl Hub {
     /// were for that connection only. Nothing when a newer session replaced it.
     pub fn abandon(&self, key: &DeviceKey, session_id: u64, reason: &'static str) {
         let Some(mut device) = self.devices.get_mut(key) else { return };
-        if device.live.as_ref().is_none_or(|s| s.id != session_id) {
+        if device.live.as_ref().is_none_or(|s| s.id() != session_id) {
             return;
         }
         let Some(mailbox) = device.mailbox.as_mut() else { return };

@@ -14,6 +14,10 @@ use crate::message::Message;
 
 #[derive(Debug, Default)]
 pub struct Mailbox {
+    /// Seqs up to here may have been given out: kept on disk (in the device's record)
+    /// ahead of use, so a node that crashed never gives one out twice. Here rather than
+    /// in the device, since only a device that has had messages has a floor.
+    floor: u64,
     last_seq: u64,
     acked: u64,
     sent_upto: u64,
@@ -101,7 +105,18 @@ impl Mailbox {
     /// Raises the next seq above `floor` (a node restarting continues above the seqs it
     /// may have given out before).
     pub fn raise_floor(&mut self, floor: u64) {
+        self.floor = self.floor.max(floor);
         self.last_seq = self.last_seq.max(floor);
+    }
+
+    /// The seq floor kept on disk: seqs up to it may have been given out.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Reserves seqs up to `floor` (the caller writes it to disk before using them).
+    pub fn reserve(&mut self, floor: u64) {
+        self.floor = floor;
     }
 
     /// Releases every message with seq <= `upto`. An ack beyond the last seq given is

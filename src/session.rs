@@ -46,12 +46,18 @@ impl Transport {
 /// An authenticated device's live connection.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub id: u64,
+    /// Its id is the link's (`Link::session_id`).
     pub link: Arc<Link>,
     pub transport: Transport,
     /// When the session was established, Unix milliseconds.
     pub since_ms: i64,
     pub heartbeat_secs: u32,
+}
+
+impl Session {
+    pub fn id(&self) -> u64 {
+        self.link.session_id
+    }
 }
 
 /// How many sessions are live, per app and transport (and so in all). The sessions themselves

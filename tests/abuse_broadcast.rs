@@ -317,8 +317,7 @@ async fn a_ttl0_broadcast_counts_as_sent_only_the_devices_that_got_it() {
     for i in 0..20_000u64 {
         let key = DeviceKey::new(APP, &format!("away{i}"));
         let link = Arc::new(Link::new(i + 1, 60_000, 0));
-        let session =
-            Session { id: i + 1, link, transport: Transport::Tcp, since_ms: 0, heartbeat_secs: 60 };
+        let session = Session { link, transport: Transport::Tcp, since_ms: 0, heartbeat_secs: 60 };
         server.node().hub.connect(&key, Profile::default(), session);
         server.node().hub.disconnect(&key, i + 1, 0);
     }

@@ -34,7 +34,6 @@ async fn session_gauge_races_with_concurrent_updates() {
                         let id = 1_000_000_000 + trial * 1_000_000 + t * 100_000 + i;
                         let link = Arc::new(Link::new(id, 60_000, 0));
                         let session = Session {
-                            id,
                             link,
                             transport: Transport::Tcp,
                             since_ms: 0,

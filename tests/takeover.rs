@@ -23,7 +23,7 @@ async fn the_old_connection_is_kicked_as_replaced() {
         other => panic!("expected Kick(replaced), got {other:?}"),
     }
     let live = server.node().hub.session(&DeviceKey::new(APP, "t")).unwrap();
-    assert_eq!(format!("{:x}", live.id), welcome.session_id);
+    assert_eq!(format!("{:x}", live.id()), welcome.session_id);
     server.stop().await;
 }
 
@@ -62,7 +62,7 @@ async fn racing_takeovers_never_disturb_the_new_session() {
         // Let the old connection's cleanup run, whatever it does.
         tokio::time::sleep(Duration::from_millis(5)).await;
         let live = server.node().hub.session(&key).expect("new session survives");
-        assert_eq!(format!("{:x}", live.id), welcome.session_id, "round {round}");
+        assert_eq!(format!("{:x}", live.id()), welcome.session_id, "round {round}");
         assert_eq!(server.node().hub.sessions.online(APP), 1, "round {round}");
         let response = server.notify(&["racer"], "after").await;
         // An ack from the previous round's dying connection may land after this one

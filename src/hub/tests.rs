@@ -28,7 +28,6 @@ fn hub_in(dir: tempfile::TempDir) -> Hub {
 
 fn session(id: u64) -> Session {
     Session {
-        id,
         link: Arc::new(Link::new(id, 60_000, 0)),
         transport: Transport::Tcp,
         since_ms: 0,
@@ -110,7 +109,7 @@ fn a_stale_disconnect_leaves_the_new_session_and_its_user_binding() {
     hub.connect(&key, profile.clone(), session(1));
     hub.connect(&key, profile, session(2));
     hub.disconnect(&key, 1, 5);
-    assert_eq!(hub.session(&key).map(|s| s.id), Some(2));
+    assert_eq!(hub.session(&key).map(|s| s.id()), Some(2));
     let app: Arc<str> = "a".into();
     assert_eq!(hub.user_devices(&app, "u", Platform::Unspecified), vec![key.clone()]);
     hub.bind(&key, None);
@@ -146,7 +145,7 @@ fn racing_takeovers_keep_sessions_and_counts_consistent() {
     let live = hub.session(&key).is_some() as i64;
     assert_eq!((hub.sessions.online("a"), hub.sessions.len() as i64), (live, live));
     if let Some(s) = hub.session(&key) {
-        hub.disconnect(&key, s.id, 0);
+        hub.disconnect(&key, s.id(), 0);
     }
     assert_eq!((hub.sessions.online("a"), hub.sessions.len()), (0, 0));
 }

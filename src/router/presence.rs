@@ -41,7 +41,7 @@ pub(super) fn one(node: &Node, key: DeviceKey, device_id: String, now: i64) -> D
         presence.online = !session.link.is_closing();
         presence.online_since_ms = session.since_ms;
         presence.last_seen_ms = hub.last_seen_unix_ms(&session.link, now);
-        presence.session_id = format!("{:x}", session.id);
+        presence.session_id = format!("{:x}", session.id());
         presence.transport = session.transport.label().into();
         presence.heartbeat_secs = session.heartbeat_secs;
     }

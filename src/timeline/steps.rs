@@ -184,11 +184,11 @@ pub fn connected(
         session.transport.label(),
         session.heartbeat_secs
     );
-    timeline.record(Note::new("connected", key).session(session.id).detail(detail));
+    timeline.record(Note::new("connected", key).session(session.id()).detail(detail));
     let (old_user, old_report) = before.unwrap_or_default();
-    bound(timeline, key, session.id, old_user.as_deref(), user, "token in Hello");
+    bound(timeline, key, session.id(), old_user.as_deref(), user, "token in Hello");
     if let Some(report) = report {
-        reported(timeline, key, session.id, old_report.as_ref(), report);
+        reported(timeline, key, session.id(), old_report.as_ref(), report);
     }
 }
 
