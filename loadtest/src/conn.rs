@@ -153,8 +153,12 @@ impl Conn {
                 let Some(server_frame::Frame::Push(push)) = f.frame else {
                     return Ok(None);
                 };
+                // As an app does: a device's own messages by seq, broadcasts by cursor
+                // (the MQTT devices answer each QoS 1 PUBLISH the same way).
                 if push.seq > 0 {
                     d.ack(push.seq).await?;
+                } else if push.broadcast_seq > 0 {
+                    d.ack_broadcast(push.broadcast_seq).await?;
                 }
                 Ok(Some(Delivery { data: push.data.to_vec(), redelivery: push.redelivery }))
             }
