@@ -27,7 +27,7 @@ use crate::handler::{Handler, costly};
 use crate::handshake::{self, Established, Failed, farewell, frame_error};
 use crate::link::Link;
 use crate::node::{ConnectionGuard, Node};
-use crate::park::{Park, Parked};
+use crate::park::Parked;
 use crate::proto::device::ClientFrame;
 use crate::session::DeviceKey;
 use crate::stream::{Either, Stream};
@@ -123,31 +123,20 @@ fn park(conn: Live) -> Option<Box<Live>> {
 }
 
 /// Carries on with a connection the park hands back: a new task for it, which starts
-/// where the last one stopped (at a frame boundary), writing first what is left of the
-/// frame the park was writing, if any.
-pub fn resume(parked: Parked, writing: Option<Bytes>) -> impl Future<Output = ()> + Send + 'static {
+/// where the parked connection stopped, writing first what is left of the frame the park
+/// was writing, and decoding on from what it read of a frame, if any.
+pub fn resume(
+    parked: Parked,
+    writing: Option<Bytes>,
+    decoder: Option<Decoder>,
+) -> impl Future<Output = ()> + Send + 'static {
     let node = parked.guard.node();
-    let decoder = Decoder::new(node.settings.max_frame_bytes);
+    let decoder = decoder.unwrap_or_else(|| Decoder::new(node.settings.max_frame_bytes));
     carry_on(parked, writing, decoder)
 }
 
-/// A parked connection whose device sent something. Whole frames are read and handled
-/// here, what they queued (a Pong) is written, and the connection parks again at once;
-/// anything else (the device closing, half a frame, a frame that ends the session, a
-/// device that keeps sending, a socket that pushes back) makes it a task again.
-pub async fn wake(park: Arc<Park>, mut parked: Parked) {
-    let node = parked.guard.node().clone();
-    let mut decoder = Decoder::new(node.settings.max_frame_bytes);
-    let writing = match read_parked(&node, &mut parked, &mut decoder) {
-        Quick::Done => return park.repark(parked),
-        Quick::Task(writing) => writing,
-    };
-    park.release(&mut parked);
-    carry_on(parked, writing, decoder).await;
-}
-
-/// How a parked connection's quick read ended.
-enum Quick {
+/// How the park's read of a parked connection ended.
+pub(crate) enum Quick {
     /// Only whole frames, all handled and answered: it can park again.
     Done,
     /// It needs a task, which first writes what is left of this frame, if any.
@@ -157,7 +146,8 @@ enum Quick {
 /// Reads a parked socket until it has nothing more, handles every whole frame and
 /// writes what they queued after each read, as a task would: a device that sends a
 /// burst of pings gets its Pongs as they come, not all at once past its queue's bound.
-fn read_parked(node: &Node, parked: &mut Parked, decoder: &mut Decoder) -> Quick {
+/// Run by the park thread, which has `parked` out of its slab meanwhile.
+pub(crate) fn read_parked(node: &Node, parked: &mut Parked, decoder: &mut Decoder) -> Quick {
     let mut chunk = [0u8; READ_CHUNK];
     let mut read = 0;
     loop {

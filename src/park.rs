@@ -6,13 +6,19 @@
 //! only to wait. A plain connection that has had nothing to read or write for
 //! `device.park_after_ms`, with no frame half read or half written, is parked instead:
 //! its task ends, its socket moves here, and the link's waker becomes this slab entry's.
-//! What the device sends is read by a short task ([`crate::connection::wake`]): whole
-//! frames (a ping, an ack) are handled there and the connection parks again, without
-//! ever going back to tokio's reactor. Frames queued on the link are written straight to
-//! the socket by whoever queued them, as long as the socket takes them whole. Anything
-//! else (half a frame, a close request, a socket that pushes back) hands the connection
-//! to a new task ([`crate::connection::resume`]), which carries on where the old one
-//! stopped.
+//! What the device sends is read by the park thread itself, in place: whole frames (a
+//! ping, an ack) are handled and answered there, and the connection stays parked, its
+//! socket registered as it was ([`crate::connection::read_parked`]). Frames queued on
+//! the link are written straight to the socket by whoever queued them, as long as the
+//! socket takes them whole. Anything else (half a frame, a close request, a socket that
+//! pushes back) hands the connection to a new task ([`crate::connection::resume`]),
+//! which carries on where the parked connection stopped.
+//!
+//! The park thread never waits: what it runs for a frame is the same synchronous
+//! handling a connection task runs, which enqueues and never blocks. It holds no slab
+//! lock meanwhile (the entry is marked as being read instead), since handling a frame
+//! takes the device's registry entry, and a fan-out holds that entry while it takes a
+//! slab lock to write.
 //!
 //! Nothing is lost in between: registering a socket that already has data pending
 //! reports it at once (epoll checks readiness on add), and the link is checked for work
@@ -35,6 +41,8 @@ use mio::{Events, Interest, Poll, Token};
 use parking_lot::Mutex;
 use slab::Slab;
 
+use crate::connection::Quick;
+use crate::frame::Decoder;
 use crate::link::Link;
 use crate::node::ConnectionGuard;
 use crate::session::DeviceKey;
@@ -80,8 +88,17 @@ pub struct Park {
 
 #[derive(Debug, Default)]
 struct Slots {
-    entries: Slab<Parked>,
+    entries: Slab<Slot>,
     generation: u32,
+}
+
+/// A slab entry.
+#[derive(Debug)]
+enum Slot {
+    Parked(Parked),
+    /// The park thread is reading from the connection parked here (it has it, and puts it
+    /// back or hands it to a task): nobody else writes to its socket meanwhile.
+    Reading,
 }
 
 /// The waker a parked connection's link holds: one per connection, made when it first
@@ -135,7 +152,12 @@ impl Park {
             parks: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&park);
-        std::thread::Builder::new().name("longlink-park".into()).spawn(move || wait(poll, weak))?;
+        let runtime = park.runtime.clone();
+        std::thread::Builder::new().name("longlink-park".into()).spawn(move || {
+            // Frames are handled on this thread: in the runtime's context, as on a task.
+            let _runtime = runtime.enter();
+            wait(poll, weak)
+        })?;
         Ok(park)
     }
 
@@ -150,18 +172,10 @@ impl Park {
     ) -> Result<(), (TcpStream, Arc<Link>, DeviceKey, ConnectionGuard)> {
         let unpark = Arc::new(Unpark { park: self.clone(), token: AtomicUsize::new(0) });
         let parked = Parked { socket, generation: 0, link, key, guard, unpark };
-        self.file(parked, false).map_err(|p| (p.socket, p.link, p.key, p.guard))
+        self.file(parked).map_err(|p| (p.socket, p.link, p.key, p.guard))
     }
 
-    /// Parks again a connection that was taken out to read what its device sent (its
-    /// socket is still on the epoll, under its old token).
-    pub fn repark(self: &Arc<Self>, parked: Parked) {
-        if let Err(parked) = self.file(parked, true) {
-            self.hand_back(parked, None);
-        }
-    }
-
-    fn file(&self, mut parked: Parked, again: bool) -> Result<(), Parked> {
+    fn file(&self, mut parked: Parked) -> Result<(), Parked> {
         let unpark = parked.unpark.clone();
         let shard = self.next.fetch_add(1, Ordering::Relaxed) % SHARDS;
         let work = {
@@ -173,19 +187,16 @@ impl Park {
             parked.generation = slots.generation;
             let entry = slots.entries.vacant_entry();
             let token = token(Place { shard, slot: entry.key() }, parked.generation);
-            // Under the lock: an event for this token waits until the entry is in. Both
-            // report data that is already there.
-            let registry = &self.registry;
-            let filed = match again {
-                false => registry.register(&mut parked.socket, token, Interest::READABLE),
-                true => registry.reregister(&mut parked.socket, token, Interest::READABLE),
-            };
-            if filed.is_err() {
+            // Under the lock: an event for this token waits until the entry is in. It
+            // reports data that is already there.
+            if self.registry.register(&mut parked.socket, token, Interest::READABLE).is_err() {
                 return Err(parked);
             }
             unpark.token.store(token.0, Ordering::Release);
             // A push or close that came after the last look went to the earlier waker.
-            arm(&entry.insert(parked).link, &unpark)
+            let work = arm(&parked.link, &unpark);
+            entry.insert(Slot::Parked(parked));
+            work
         };
         self.parks.fetch_add(1, Ordering::Relaxed);
         if work {
@@ -203,16 +214,16 @@ impl Park {
         loop {
             let (place, generation) = split(Token(unpark.token.load(Ordering::Acquire)));
             let mut slots = self.shards[place.shard].lock();
-            let Some(parked) =
-                slots.entries.get_mut(place.slot).filter(|p| p.generation == generation)
-            else {
-                // Taken out meanwhile: whoever has it looks at the link (see `arm`).
-                return;
+            let parked = match slots.entries.get_mut(place.slot) {
+                Some(Slot::Parked(p)) if p.generation == generation => p,
+                // Taken out or being read meanwhile: whoever has it looks at the link once
+                // it has armed the waker again (see `arm`).
+                _ => return,
             };
             if let Err(rest) = write_out(parked) {
-                let parked = slots.entries.remove(place.slot);
+                let Slot::Parked(parked) = slots.entries.remove(place.slot) else { return };
                 drop(slots);
-                self.hand_back(parked, rest);
+                self.hand_back(parked, rest, None);
                 return;
             }
             // Waking took the waker out of the link: put it back, then look again for
@@ -224,27 +235,55 @@ impl Park {
     }
 
     /// The device sent something on the connection parked under `token`, if it is still
-    /// parked: a task reads it ([`crate::connection::wake`]).
-    fn readable(self: &Arc<Self>, token: Token) {
+    /// parked: reads and handles it here, and puts the connection back as it was, or
+    /// hands it to a task when it needs one.
+    fn readable(&self, token: Token) {
         let (place, generation) = split(token);
-        let parked = {
+        let mut parked = {
             let mut slots = self.shards[place.shard].lock();
-            match slots.entries.get(place.slot) {
-                Some(p) if p.generation == generation => slots.entries.remove(place.slot),
-                _ => return,
+            let Some(slot) = slots.entries.get_mut(place.slot) else { return };
+            if !matches!(slot, Slot::Parked(p) if p.generation == generation) {
+                return;
             }
+            let Slot::Parked(parked) = std::mem::replace(slot, Slot::Reading) else { return };
+            parked
         };
-        self.runtime.spawn(crate::connection::wake(self.clone(), parked));
+        let node = parked.guard.node().clone();
+        let mut decoder = Decoder::new(node.settings.max_frame_bytes);
+        match crate::connection::read_parked(&node, &mut parked, &mut decoder) {
+            Quick::Done => self.put_back(place, parked),
+            Quick::Task(writing) => {
+                self.shards[place.shard].lock().entries.remove(place.slot);
+                self.hand_back(parked, writing, Some(decoder));
+            }
+        }
     }
 
-    /// Spawns the task that carries on with `parked`, writing `writing` first.
-    fn hand_back(&self, mut parked: Parked, writing: Option<Bytes>) {
+    /// Puts a connection the park thread has read from back in its slot, under the same
+    /// token (its socket's registration never changed), and takes up what was queued on
+    /// its link meanwhile.
+    fn put_back(&self, place: Place, parked: Parked) {
+        let unpark = {
+            let mut slots = self.shards[place.shard].lock();
+            let work = arm(&parked.link, &parked.unpark);
+            let unpark = work.then(|| parked.unpark.clone());
+            slots.entries[place.slot] = Slot::Parked(parked);
+            unpark
+        };
+        if let Some(unpark) = unpark {
+            self.deliver(&unpark);
+        }
+    }
+
+    /// Spawns the task that carries on with `parked`, writing `writing` first and
+    /// decoding on from `decoder` (what was read of a frame), if any.
+    fn hand_back(&self, mut parked: Parked, writing: Option<Bytes>, decoder: Option<Decoder>) {
         self.release(&mut parked);
-        self.runtime.spawn(crate::connection::resume(parked, writing));
+        self.runtime.spawn(crate::connection::resume(parked, writing, decoder));
     }
 
     /// Takes a socket taken out of the slab off the epoll, for a task to own it.
-    pub fn release(&self, parked: &mut Parked) {
+    fn release(&self, parked: &mut Parked) {
         // Events already taken for its token find the slot empty, or another generation.
         let _ = self.registry.deregister(&mut parked.socket);
     }
