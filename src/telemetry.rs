@@ -133,7 +133,7 @@ fn describe() {
     }
     let gauges = [
         ("longlink_sessions", Count, "Live sessions, by app and transport."),
-        ("longlink_connections", Count, "Connection tasks alive, handshaking ones included."),
+        ("longlink_connections", Count, "Connections alive, parked and handshaking ones included."),
         (
             "longlink_parked_connections",
             Count,
@@ -172,6 +172,12 @@ fn register() {
         "longlink_store_writes_total",
         "longlink_store_errors_total",
         "longlink_store_corrupt_records_total",
+        "longlink_timeline_entries_total",
+        "longlink_timeline_dropped_total",
+        "longlink_timeline_trimmed_total",
+        "longlink_timeline_pruned_total",
+        "longlink_timeline_shed_total",
+        "longlink_parks_total",
     ] {
         metrics::counter!(name).absolute(0);
     }

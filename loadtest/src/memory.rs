@@ -32,7 +32,8 @@ pub fn snapshot(server_pid: Option<u32>) -> Snapshot {
     }
 }
 
-/// The change between two snapshots, total and per connection.
+/// The change between two snapshots, total and per connection (`None` when no
+/// connection was open, or the figure could not be read).
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
     pub before: Snapshot,
@@ -41,14 +42,15 @@ pub struct Change {
     /// Server user-space bytes per connection.
     pub server_rss_per_connection: Option<f64>,
     /// Kernel TCP buffer bytes per connection (both ends).
-    pub tcp_buffers_per_connection: f64,
+    pub tcp_buffers_per_connection: Option<f64>,
     /// Kernel socket-object bytes per connection (both ends).
     pub socket_slabs_per_connection: Option<f64>,
 }
 
 pub fn change(before: Snapshot, after: Snapshot, connections: u64) -> Change {
-    let per = |a: u64, b: u64| (a as f64 - b as f64) / connections.max(1) as f64;
-    let both = |a: Option<u64>, b: Option<u64>| Some(per(a?, b?));
+    let per =
+        |a: u64, b: u64| (connections > 0).then(|| (a as f64 - b as f64) / connections as f64);
+    let both = |a: Option<u64>, b: Option<u64>| per(a?, b?);
     Change {
         before,
         after,

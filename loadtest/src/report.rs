@@ -145,6 +145,11 @@ impl RunResult {
         if !c.failures.is_empty() {
             let list: Vec<String> = c.failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
             row("failures", list.join(", "));
+            if c.failures.contains_key("token_signature") {
+                let hint = "the devices' app key is not the server's: is --data-dir the \
+                            server's own data directory (or --key its app key)?";
+                row("hint", hint.into());
+            }
         }
     }
 }
@@ -171,6 +176,10 @@ fn message_rows(m: &Messages, row: &mut impl FnMut(&str, String)) {
 }
 
 fn memory_rows(m: &memory::Change, row: &mut impl FnMut(&str, String)) {
+    if m.connections == 0 {
+        row("memory", "n/a: no connection was open to divide by".into());
+        return;
+    }
     if let Some(per) = m.server_rss_per_connection {
         let mib = |b: Option<u64>| b.unwrap_or(0) as f64 / (1 << 20) as f64;
         row(
@@ -182,10 +191,9 @@ fn memory_rows(m: &memory::Change, row: &mut impl FnMut(&str, String)) {
             ),
         );
     }
-    row(
-        "kernel buffers",
-        format!("{:.0} B/connection (both ends, TCP mem)", m.tcp_buffers_per_connection),
-    );
+    if let Some(per) = m.tcp_buffers_per_connection {
+        row("kernel buffers", format!("{per:.0} B/connection (both ends, TCP mem)"));
+    }
     if let Some(per) = m.socket_slabs_per_connection {
         row("kernel sockets", format!("{per:.0} B/connection (both ends, slab)"));
     }
