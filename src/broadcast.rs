@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -65,9 +66,29 @@ pub const MAX_RAISE: u64 = crate::handshake::MAX_COUNTER / 2;
 #[derive(Debug, Default)]
 pub struct Broadcasts {
     apps: RwLock<HashMap<Arc<str>, Log>>,
+    /// Where the seqs of an app that has no log yet start (this epoch's seq base).
+    base: AtomicU64,
 }
 
 impl Broadcasts {
+    /// Apps without a log yet start their seqs past `base` (see `Hub::seq_base`).
+    pub fn start_at(&self, base: u64) {
+        self.base.store(base, Ordering::Relaxed);
+    }
+
+    fn new_log(&self) -> Log {
+        Log { last_seq: self.base.load(Ordering::Relaxed), entries: VecDeque::new() }
+    }
+
+    /// Moves every app's last seq `by` further, at start (see `Hub::jump_broadcasts`);
+    /// unlike [`Broadcasts::raise`], not capped: it is the node's own step, not a
+    /// device's report.
+    pub fn jump(&self, by: impl Fn(&str) -> u64) {
+        for (app, log) in self.apps.write().iter_mut() {
+            log.last_seq = log.last_seq.saturating_add(by(app));
+        }
+    }
+
     /// Adds `message` as the app's next broadcast. Past `cap` entries the oldest leave
     /// the log; they are returned so that the store deletes them too.
     pub fn append(
@@ -78,7 +99,7 @@ impl Broadcasts {
         cap: usize,
     ) -> (Arc<Entry>, Vec<Arc<Entry>>) {
         let mut apps = self.apps.write();
-        let log = apps.entry(app.clone()).or_default();
+        let log = apps.entry(app.clone()).or_insert_with(|| self.new_log());
         log.last_seq += 1;
         let entry = log.push(log.last_seq, message, new_devices);
         let excess = log.entries.len().saturating_sub(cap.max(1));
@@ -89,7 +110,7 @@ impl Broadcasts {
     /// Puts back a broadcast read from the store (in seq order, at start).
     pub fn restore(&self, app: &str, seq: u64, message: Arc<Message>, new_devices: bool) {
         let mut apps = self.apps.write();
-        let log = apps.entry(Arc::from(app)).or_default();
+        let log = apps.entry(Arc::from(app)).or_insert_with(|| self.new_log());
         log.last_seq = log.last_seq.max(seq);
         log.push(seq, message, new_devices);
     }
@@ -103,15 +124,17 @@ impl Broadcasts {
             return false;
         }
         let mut apps = self.apps.write();
-        let log = apps.entry(Arc::from(app)).or_default();
+        let log = apps.entry(Arc::from(app)).or_insert_with(|| self.new_log());
         let moved = seq > log.last_seq;
         log.last_seq = log.last_seq.max(seq);
         moved
     }
 
-    /// The highest broadcast seq the app has given out; 0 for none.
+    /// The highest broadcast seq the app has given out; for an app that has none, where
+    /// its seqs start.
     pub fn last_seq(&self, app: &str) -> u64 {
-        self.apps.read().get(app).map_or(0, |log| log.last_seq)
+        let base = || self.base.load(Ordering::Relaxed);
+        self.apps.read().get(app).map_or_else(base, |log| log.last_seq)
     }
 
     /// Up to `n` entries of the app after `cursor`, in seq order.

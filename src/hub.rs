@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use dashmap::DashMap;
 
@@ -41,6 +42,14 @@ const MAX_VERSIONS: usize = 4096;
 
 /// Seqs reserved on disk at a time: the registry record is rewritten once per block.
 const SEQ_BLOCK: u64 = 1024;
+
+/// How far a restart moves a device's seqs (and an app's broadcast seqs) past what was
+/// on disk, for each epoch since it was written. A frame goes to the device before the
+/// store commits the reservation that covers its seq, so a crash can lose reservations
+/// whose seqs a device already has: a million seqs is over a thousand lost blocks, far
+/// more than one device can be handed between two commits. Seqs stay below the 2^48 a
+/// Hello may report for 2^27 restarts.
+pub const SEQ_JUMP: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct HubLimits {
@@ -132,11 +141,17 @@ impl Device {
         self.mailbox.as_deref()
     }
 
-    fn mailbox(&mut self) -> &mut Mailbox {
-        self.mailbox.get_or_insert_with(Box::default)
+    /// The device's mailbox, made on first use with its seqs above `base` (see
+    /// [`Hub::seq_base`]).
+    fn mailbox(&mut self, base: u64) -> &mut Mailbox {
+        self.mailbox.get_or_insert_with(|| {
+            let mut mailbox = Box::<Mailbox>::default();
+            mailbox.raise_floor(base);
+            mailbox
+        })
     }
 
-    fn record(&self) -> StoredDevice {
+    fn record(&self, epoch: u32) -> StoredDevice {
         StoredDevice {
             platform: self.platform,
             app_version: self.app_version.to_string(),
@@ -144,6 +159,7 @@ impl Device {
             report: self.report.as_deref().cloned(),
             last_seen_ms: self.last_seen_ms,
             seq_floor: self.mailbox.as_ref().map_or(0, |m| m.floor()),
+            floor_epoch: epoch,
             broadcast_floor: self.cursor.floor,
             broadcast_acked: self.cursor.acked,
             missed: self.mailbox.as_ref().map_or(0, |m| m.missed()),
@@ -186,6 +202,8 @@ pub struct Hub {
     /// so the table's empty slots (from an eighth up to over half of them, depending on
     /// where the count falls between doublings) cost little.
     devices: DashMap<DeviceKey, Box<Device>>,
+    /// This start's epoch, set once by `restore` (0 until then, and for a new store).
+    epoch: AtomicU32,
     users: UserIndex,
     versions: DashMap<Arc<str>, ()>,
     limits: HubLimits,
@@ -202,6 +220,7 @@ impl Hub {
             budgets: Budgets::default(),
             seq_writes: parking_lot::Mutex::new(()),
             devices: DashMap::with_shard_amount(SHARDS),
+            epoch: AtomicU32::new(0),
             users: DashMap::with_shard_amount(SHARDS),
             versions: DashMap::new(),
             limits,
@@ -216,7 +235,8 @@ impl Hub {
     /// Rebuilds the registry and the mailboxes from what the store kept. Returns how
     /// many messages were restored.
     pub fn restore(&self, loaded: &mut Loaded) -> usize {
-        self.restore_broadcasts(loaded);
+        self.epoch.store(loaded.epoch, Ordering::Relaxed);
+        let broadcast_epochs = self.restore_broadcasts(loaded);
         let mut restored = 0;
         for ((app, id), kept) in std::mem::take(&mut loaded.devices) {
             let key = DeviceKey::new(&app, &id);
@@ -237,7 +257,7 @@ impl Hub {
             for (seq, stored) in kept.messages {
                 match Message::from_body(&stored.body) {
                     Ok(message) => {
-                        device.mailbox().restore(seq, Arc::new(message), stored.handed);
+                        device.mailbox(0).restore(seq, Arc::new(message), stored.handed);
                         restored += 1;
                     }
                     Err(error) => {
@@ -246,11 +266,13 @@ impl Hub {
                     }
                 }
             }
-            if r.seq_floor > 0 {
-                device.mailbox().raise_floor(r.seq_floor);
-            }
-            if r.missed > 0 {
-                device.mailbox().restore_missed(r.missed);
+            if r.seq_floor > 0 || r.missed > 0 || device.mailbox.is_some() {
+                // Past every seq the device may have had before, kept on disk or not
+                // (see `SEQ_JUMP`). A device without a mailbox gets one at `seq_base`.
+                let jumps = u64::from(loaded.epoch.saturating_sub(r.floor_epoch).max(1));
+                let mailbox = device.mailbox(0);
+                mailbox.raise_floor(r.seq_floor.max(mailbox.last_seq()) + jumps * SEQ_JUMP);
+                mailbox.restore_missed(r.missed);
             }
             // A device acked up to here, so the app gave out at least this many.
             // Handed counts too: a device that got a TTL-0 broadcast (kept nowhere) and
@@ -260,7 +282,20 @@ impl Hub {
             self.rebind(&key, &mut device, user);
             self.devices.insert(key, Box::new(device));
         }
+        self.jump_broadcasts(&broadcast_epochs);
+        self.broadcasts.start_at(self.seq_base());
         restored
+    }
+
+    /// The epoch this start of the node runs in (see `StoredEpoch`).
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Where the seqs of a device or app that has none kept start in this epoch: past
+    /// any a crash of an earlier epoch could have given out unrecorded.
+    pub fn seq_base(&self) -> u64 {
+        u64::from(self.epoch()) * SEQ_JUMP
     }
 
     /// Makes `session` the device's live session: records its profile, closes the session
@@ -289,11 +324,11 @@ impl Hub {
         }
         changed |= self.rebind(key, &mut device, profile.user.map(Arc::from));
         if profile.acked_seq > 0 || device.mailbox.is_some() {
-            let released = device.mailbox().resume_after(profile.acked_seq);
+            let released = device.mailbox(self.seq_base()).resume_after(profile.acked_seq);
             self.release(key, &released, Event::Acked, "");
             // TTL-0 messages the old link did not get acked are lost with it. A link that
             // closed by itself already gave them up (`abandon`): this one is being replaced.
-            let lost = device.mailbox().rewind();
+            let lost = device.mailbox(self.seq_base()).rewind();
             self.release(key, &lost, Event::Dropped, "replaced");
             count_dropped("replaced", lost.len());
         }
@@ -347,16 +382,17 @@ impl Hub {
         if link.is_none() && message.ephemeral {
             return Outcome::NotDelivered { reason: "offline" };
         }
-        let backlog = device.mailbox().has_unsent();
-        let added = device.mailbox().add(message.clone(), self.limits.pending_max);
+        let mailbox = device.mailbox(self.seq_base());
+        let backlog = mailbox.has_unsent();
+        let added = mailbox.add(message.clone(), self.limits.pending_max);
         self.release(key, &added.dropped, Event::Dropped, "pending_cap");
         self.release(key, &added.collapsed, Event::Dropped, "collapsed");
         count_dropped("pending_cap", added.dropped.len());
         count_dropped("collapsed", added.collapsed.len());
         // The record holds the seq floor and the missed count: a restart must neither
         // reuse a seq nor forget to tell the device what it missed.
-        if added.seq > device.mailbox().floor() {
-            device.mailbox().reserve(added.seq + SEQ_BLOCK);
+        if added.seq > device.mailbox(self.seq_base()).floor() {
+            device.mailbox(self.seq_base()).reserve(added.seq + SEQ_BLOCK);
             self.persist_device(key, &device);
         } else if !added.dropped.is_empty() {
             self.persist_device(key, &device);
@@ -387,7 +423,7 @@ impl Hub {
         }
         let (seq, kept) = match device.mailbox.as_deref() {
             Some(m) => (m.last_seq() + 1, m.len() - m.collapsible(message)),
-            None => (1, 0),
+            None => (self.seq_base() + 1, 0),
         };
         let note = if kept >= self.limits.pending_max { "pending_cap" } else { "" };
         if live { (Outcome::Sent { seq }, note) } else { (Outcome::Stored { seq }, note) }
@@ -562,7 +598,7 @@ impl Hub {
         self.tell_missed(device, link);
         let mut expired = Vec::new();
         let now = crate::clock::unix_ms();
-        if let Some(out) = device.mailbox().next(usize::MAX, now, &mut expired) {
+        if let Some(out) = device.mailbox(self.seq_base()).next(usize::MAX, now, &mut expired) {
             self.hand(key, link, &out, false);
         }
         self.expire(key, &expired);
@@ -577,7 +613,9 @@ impl Hub {
         self.tell_missed(device, link);
         let now = crate::clock::unix_ms();
         let mut expired = Vec::new();
-        while let Some(out) = device.mailbox().next(self.limits.send_window, now, &mut expired) {
+        while let Some(out) =
+            device.mailbox(self.seq_base()).next(self.limits.send_window, now, &mut expired)
+        {
             match self.hand(key, link, &out, true) {
                 Sent::Queued if !out.redelivery && !out.message.ephemeral => {
                     // Kept as not handed yet: from now on, resending it is a redelivery,
@@ -586,7 +624,7 @@ impl Hub {
                     continue;
                 }
                 Sent::Queued => continue,
-                Sent::Full => device.mailbox().unsend(&out),
+                Sent::Full => device.mailbox(self.seq_base()).unsend(&out),
                 Sent::Overflow | Sent::Closing => {}
             }
             break;
@@ -637,7 +675,7 @@ impl Hub {
     }
 
     fn persist_device(&self, key: &DeviceKey, device: &Device) {
-        let value = record::encode(&device.record());
+        let value = record::encode(&device.record(self.epoch()));
         self.store.put(Space::Devices, device_key(&key.app, &key.device), value);
     }
 

@@ -72,6 +72,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("opening the timeline")?;
     node.hub.receipts.attach(timeline);
     restore(&node)?;
+    // The epoch is on disk before any seq of it is given out (see `StoredEpoch`).
+    node.hub.store().sync().await.context("writing the node's epoch")?;
     let (drain, drain_rx) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
     // The admin listener outlives the drain, so that /readyz can say 503 meanwhile.
@@ -130,6 +132,7 @@ fn build_node(config: &Config, apps: Apps, store: Arc<Store>) -> Node {
 fn restore(node: &Node) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut loaded = node.hub.store().load(crate::clock::unix_ms())?;
+    node.hub.store().enter_epoch(&loaded);
     let messages = node.hub.restore(&mut loaded);
     let requests = node.requests.restore(std::mem::take(&mut loaded.requests));
     if loaded.expired > 0 {
@@ -140,6 +143,7 @@ fn restore(node: &Node) -> anyhow::Result<()> {
     tracing::info!(
         messages,
         requests,
+        epoch = loaded.epoch,
         expired = loaded.expired,
         corrupt = level_corrupt,
         took_ms = started.elapsed().as_millis() as u64,

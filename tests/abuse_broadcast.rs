@@ -10,17 +10,10 @@ use std::time::Duration;
 
 use longlink::client::{Device, Endpoint, hello};
 use longlink::proto::device::server_frame;
-use longlink::proto::router::{Broadcast, BroadcastResult, PushRequest, push_request};
+use longlink::proto::router::BroadcastResult;
 use longlink::session::DeviceKey;
 use support::child::serve_in;
 use support::*;
-
-fn broadcast(title: &str, new_devices: bool, ttl_secs: Option<u32>) -> PushRequest {
-    let mut request = notification(&["unused"], title);
-    request.target = Some(push_request::Target::Broadcast(Broadcast { new_devices }));
-    request.message.as_mut().unwrap().ttl_secs = ttl_secs;
-    request
-}
 
 async fn connect_at(endpoint: &Endpoint, id: &str, token: &str, cursor: u64) -> Device {
     let mut device = within(5, Device::connect(endpoint)).await.unwrap();
@@ -79,11 +72,10 @@ async fn ttl0_broadcasts_make_the_seq_go_back_after_a_restart() {
     let mut a = connect_at(&served.endpoint(), "a", &token, 3).await;
     let got = push_within(&mut a, 3000).await;
     let title = got.as_ref().map(|p| p.notification.as_ref().unwrap().title.clone());
-    assert_eq!(
-        (seq4, title.as_deref()),
-        (4, Some("P4")),
-        "after restart the new broadcast got seq {seq4} (expected 4) and the device that had \
-         acked 3 received {title:?}"
+    assert!(
+        seq4 > 3 && title.as_deref() == Some("P4"),
+        "after restart the new broadcast got seq {seq4} (expected past 3) and the device \
+         that had acked 3 received {title:?}"
     );
 }
 
@@ -294,7 +286,7 @@ async fn racing_broadcasts_leave_the_highest_seq_on_disk() {
         let store = server.node().hub.store();
         store.sync().await.unwrap();
         let loaded = store.load(longlink::clock::unix_ms()).unwrap();
-        let kept = loaded.broadcast_seqs.iter().map(|(_, s)| *s).max().unwrap_or(0);
+        let kept = loaded.broadcast_seqs.iter().map(|(_, s, _)| *s).max().unwrap_or(0);
         if kept != highest {
             stale.push((rounds, highest, kept));
         }

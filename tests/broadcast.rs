@@ -9,20 +9,10 @@ use std::time::Duration;
 
 use longlink::client::{Device, hello};
 use longlink::proto::device::{Push, server_frame};
-use longlink::proto::router::{
-    Broadcast, BroadcastResult, PushRequest, PushResponse, push_request,
-};
+use longlink::proto::router::{BroadcastResult, PushRequest, PushResponse};
 use longlink::session::DeviceKey;
 use support::child::serve_in;
 use support::*;
-
-fn broadcast(title: &str, new_devices: bool, ttl_secs: Option<u32>) -> PushRequest {
-    let mut request = notification(&["unused"], title);
-    request.target = Some(push_request::Target::Broadcast(Broadcast { new_devices }));
-    let message = request.message.as_mut().unwrap();
-    message.ttl_secs = ttl_secs;
-    request
-}
 
 async fn send(server: &TestServer, request: PushRequest) -> (String, BroadcastResult) {
     let mut router = server.router().await;
@@ -214,8 +204,9 @@ async fn broadcasts_survive_kill_9_and_the_seq_continues() {
     assert_eq!((push.broadcast_seq, push.message_id.as_str()), (1, first.message_id.as_str()));
     let mut router = served.router().await;
     let next = router.push(broadcast("after", false, None)).await.unwrap().into_inner();
-    assert_eq!(next.broadcast.unwrap().broadcast_seq, 2, "the seq never goes back");
-    assert_eq!(next_push(&mut x).await.broadcast_seq, 2);
+    let seq = next.broadcast.unwrap().broadcast_seq;
+    assert!(seq > 1, "the seq never goes back: {seq} after 1");
+    assert_eq!(next_push(&mut x).await.broadcast_seq, seq);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,11 +10,12 @@
 //! closed as a slow consumer and catches up when it comes back. The fan-out's live
 //! devices are handed out by one thread per core.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::{Cursor, Device, Hub};
+use super::{Cursor, Device, Hub, SEQ_JUMP};
 use crate::broadcast::Entry;
 use crate::link::{Link, Sent};
 use crate::message::Message;
@@ -252,8 +253,9 @@ impl Hub {
         }
     }
 
-    /// Rebuilds every app's broadcast log from what the store kept.
-    pub(super) fn restore_broadcasts(&self, loaded: &mut Loaded) {
+    /// Rebuilds every app's broadcast log from what the store kept. Returns the epoch
+    /// each app's last seq was written in.
+    pub(super) fn restore_broadcasts(&self, loaded: &mut Loaded) -> HashMap<String, u32> {
         let mut kept = 0;
         for (app, seq, stored) in std::mem::take(&mut loaded.broadcasts) {
             match Message::from_body(&stored.body) {
@@ -267,12 +269,27 @@ impl Hub {
                 }
             }
         }
-        for (app, last_seq) in std::mem::take(&mut loaded.broadcast_seqs) {
+        let mut epochs = HashMap::new();
+        for (app, last_seq, epoch) in std::mem::take(&mut loaded.broadcast_seqs) {
             self.broadcasts.raise(&app, last_seq);
+            epochs.insert(app, epoch);
         }
         if kept > 0 {
             tracing::info!(broadcasts = kept, "broadcasts restored");
         }
+        epochs
+    }
+
+    /// Moves every app's broadcast seq past what it may have given out before this
+    /// start, kept on disk or not: a broadcast is written to devices before the store
+    /// commits its seq (see `SEQ_JUMP`). Apps whose seq was never kept (`epochs` has
+    /// none) may still have handed one out, and move too.
+    pub(super) fn jump_broadcasts(&self, epochs: &HashMap<String, u32>) {
+        let epoch = self.epoch();
+        self.broadcasts.jump(|app| {
+            let since = epochs.get(app).map_or(0, |&e| e);
+            u64::from(epoch.saturating_sub(since).max(1)) * SEQ_JUMP
+        });
     }
 
     /// Queues one broadcast on the link (as part of a catch-up: see [`Link::offer`]);
@@ -322,7 +339,7 @@ impl Hub {
     fn persist_broadcast_seq(&self, app: &str) {
         let _in_order = self.seq_writes.lock();
         let last_seq = self.broadcasts.last_seq(app);
-        let value = record::encode(&StoredBroadcastSeq { last_seq });
+        let value = record::encode(&StoredBroadcastSeq { last_seq, epoch: self.epoch() });
         self.store.put(Space::Broadcasts, broadcast_seq_key(app), value);
     }
 }

@@ -149,3 +149,52 @@ fn racing_takeovers_keep_sessions_and_counts_consistent() {
     }
     assert_eq!((hub.sessions.online("a"), hub.sessions.len()), (0, 0));
 }
+
+/// A device as the store kept it: its seq floor, written in `floor_epoch`.
+fn kept_device(seq_floor: u64, floor_epoch: u32) -> crate::store::LoadedDevice {
+    let record = crate::proto::store::StoredDevice { seq_floor, floor_epoch, ..Default::default() };
+    crate::store::LoadedDevice { record, messages: Vec::new() }
+}
+
+/// The seq a push to an offline device gets (it never expires, so it is kept).
+fn next_seq(hub: &Hub, device: &str) -> u64 {
+    let message = Arc::new(Message::new(Push::default()));
+    match hub.push(&DeviceKey::new("a", device), &message) {
+        Outcome::Stored { seq } => seq,
+        other => panic!("{device}: {other:?}"),
+    }
+}
+
+/// Every restart moves seqs past what the node may have given out before it, on disk or
+/// not (the crash window: a frame goes out before the store commits its reservation):
+/// `SEQ_JUMP` for each epoch since the record was written, at least one; devices and
+/// apps with nothing kept start past this epoch's base. A new store starts at 1.
+#[test]
+fn a_restart_moves_every_seq_past_what_a_crash_could_have_given_out() {
+    let fresh = hub();
+    fresh.restore(&mut crate::store::Loaded::default());
+    fresh.connect(&DeviceKey::new("a", "new"), Profile::default(), session(1));
+    fresh.disconnect(&DeviceKey::new("a", "new"), 1, 0);
+    assert_eq!(next_seq(&fresh, "new"), 1, "a new store gives out seqs from 1");
+
+    let hub = hub();
+    let mut loaded = crate::store::Loaded { epoch: 5, ..Default::default() };
+    let kept = [("last", 2_000, 4), ("older", 2_000, 1), ("none", 0, 4), ("ahead", 7, 9)];
+    for (id, floor, epoch) in kept {
+        loaded.devices.insert(("a".into(), id.into()), kept_device(floor, epoch));
+    }
+    loaded.broadcast_seqs.push(("a".into(), 300, 3));
+    hub.restore(&mut loaded);
+    assert_eq!(next_seq(&hub, "last"), 2_000 + SEQ_JUMP + 1, "one epoch since");
+    assert_eq!(next_seq(&hub, "older"), 2_000 + 4 * SEQ_JUMP + 1, "four epochs since");
+    assert_eq!(next_seq(&hub, "none"), 5 * SEQ_JUMP + 1, "no floor: this epoch's base");
+    // A record from a later epoch than the node's (its epoch was lost): one jump still.
+    assert_eq!(next_seq(&hub, "ahead"), 7 + SEQ_JUMP + 1);
+    assert_eq!(hub.broadcasts.last_seq("a"), 300 + 2 * SEQ_JUMP, "the app's broadcasts");
+    assert_eq!(hub.broadcasts.last_seq("other"), 5 * SEQ_JUMP, "an app with none kept");
+    // What is written from now on says which epoch it belongs to.
+    let key = DeviceKey::new("a", "last");
+    let device = hub.devices.get(&key).unwrap();
+    let record = device.record(hub.epoch());
+    assert_eq!((record.seq_floor, record.floor_epoch), (2_000 + SEQ_JUMP + 1 + SEQ_BLOCK, 5));
+}

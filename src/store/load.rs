@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use super::record::{self, parse_broadcast_key, parse_message_key, parse_pair_key};
 use super::{Space, Store, StoreError};
 use crate::proto::store::{
-    StoredBroadcast, StoredBroadcastSeq, StoredDevice, StoredMessage, StoredRequest,
+    StoredBroadcast, StoredBroadcastSeq, StoredDevice, StoredEpoch, StoredMessage, StoredRequest,
 };
+
+/// The key of the node's epoch in the `meta` keyspace.
+pub const EPOCH_KEY: &[u8] = b"epoch";
 
 #[derive(Debug, Default)]
 pub struct LoadedDevice {
@@ -28,8 +31,11 @@ pub struct Loaded {
     pub requests: Vec<(String, String, StoredRequest)>,
     /// (app, broadcast seq) and the broadcast, in seq order per app.
     pub broadcasts: Vec<(String, u64, StoredBroadcast)>,
-    /// (app, highest broadcast seq given out).
-    pub broadcast_seqs: Vec<(String, u64)>,
+    /// (app, highest broadcast seq given out, the epoch it was written in).
+    pub broadcast_seqs: Vec<(String, u64, u32)>,
+    /// The epoch this start of the node runs in: one past the last one kept, 0 for a new
+    /// store. The caller writes it back ([`Store::enter_epoch`]) before serving.
+    pub epoch: u32,
     pub corrupt: usize,
     pub expired: usize,
 }
@@ -37,10 +43,16 @@ pub struct Loaded {
 impl Store {
     pub fn load(&self, now_ms: i64) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded::default();
+        self.load_epoch(&mut loaded)?;
         self.load_devices(&mut loaded)?;
         self.load_messages(&mut loaded, now_ms)?;
         self.load_requests(&mut loaded, now_ms)?;
         self.load_broadcasts(&mut loaded, now_ms)?;
+        // Kept by a version that had no epochs: this start is a restart all the same.
+        let kept = !loaded.devices.is_empty() || !loaded.broadcast_seqs.is_empty();
+        if loaded.epoch == 0 && kept && self.spaces.meta.get(EPOCH_KEY)?.is_none() {
+            loaded.epoch = 1;
+        }
         if loaded.corrupt > 0 {
             metrics::counter!("longlink_store_corrupt_records_total")
                 .increment(loaded.corrupt as u64);
@@ -111,13 +123,34 @@ impl Store {
 }
 
 impl Store {
+    /// Writes the epoch `loaded` runs in; durable at the next [`Store::sync`], which must
+    /// come before any seq is given out.
+    pub fn enter_epoch(&self, loaded: &Loaded) {
+        let value = record::encode(&StoredEpoch { epoch: loaded.epoch });
+        self.put(Space::Meta, EPOCH_KEY.to_vec(), value);
+    }
+
+    fn load_epoch(&self, loaded: &mut Loaded) -> Result<(), StoreError> {
+        let Some(value) = self.spaces.meta.get(EPOCH_KEY)? else { return Ok(()) };
+        match record::decode::<StoredEpoch>(&value) {
+            Ok(r) => loaded.epoch = r.epoch.saturating_add(1),
+            // Unreadable: the next epoch is unknown, so start far past any that could
+            // have been (see `Hub::restore`); seqs only grow.
+            Err(e) => {
+                loaded.corrupt += corrupt("meta", EPOCH_KEY, &e.to_string());
+                loaded.epoch = u32::from(u16::MAX);
+            }
+        }
+        Ok(())
+    }
+
     fn load_broadcasts(&self, loaded: &mut Loaded, now_ms: i64) -> Result<(), StoreError> {
         for item in self.spaces.broadcasts.iter() {
             let (key, value) = item.into_inner()?;
             match parse_broadcast_key(&key) {
                 None => loaded.corrupt += corrupt("broadcasts", &key, "unreadable key"),
                 Some((app, None)) => match record::decode::<StoredBroadcastSeq>(&value) {
-                    Ok(r) => loaded.broadcast_seqs.push((app.into(), r.last_seq)),
+                    Ok(r) => loaded.broadcast_seqs.push((app.into(), r.last_seq, r.epoch)),
                     Err(e) => loaded.corrupt += corrupt("broadcasts", &key, &e.to_string()),
                 },
                 Some((app, Some(seq))) => match record::decode::<StoredBroadcast>(&value) {

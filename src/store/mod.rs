@@ -79,6 +79,8 @@ pub enum Space {
     Devices,
     Requests,
     Broadcasts,
+    /// The node's own records: its epoch.
+    Meta,
 }
 
 #[derive(Clone)]
@@ -87,6 +89,7 @@ struct Spaces {
     devices: Keyspace,
     requests: Keyspace,
     broadcasts: Keyspace,
+    meta: Keyspace,
 }
 
 impl Spaces {
@@ -96,6 +99,7 @@ impl Spaces {
             Space::Devices => &self.devices,
             Space::Requests => &self.requests,
             Space::Broadcasts => &self.broadcasts,
+            Space::Meta => &self.meta,
         }
     }
 }
@@ -144,6 +148,8 @@ impl Store {
             broadcasts: db.keyspace("broadcasts", || {
                 KeyspaceCreateOptions::default().max_memtable_size(1 << 20)
             })?,
+            meta: db
+                .keyspace("meta", || KeyspaceCreateOptions::default().max_memtable_size(1 << 20))?,
         };
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));

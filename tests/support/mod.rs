@@ -167,6 +167,16 @@ pub fn notification(devices: &[&str], title: &str) -> PushRequest {
     }
 }
 
+/// A broadcast to the whole app, for new devices too when `new_devices`, with a TTL
+/// (`None`: the default).
+pub fn broadcast(title: &str, new_devices: bool, ttl_secs: Option<u32>) -> PushRequest {
+    let mut request = notification(&["unused"], title);
+    request.target =
+        Some(push_request::Target::Broadcast(longlink::proto::router::Broadcast { new_devices }));
+    request.message.as_mut().unwrap().ttl_secs = ttl_secs;
+    request
+}
+
 /// The next `Push` frame on `device` (skipping pongs and other frames).
 pub async fn next_push(device: &mut Device) -> longlink::proto::device::Push {
     loop {
