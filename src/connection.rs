@@ -148,6 +148,8 @@ pub(crate) enum Quick {
 /// burst of pings gets its Pongs as they come, not all at once past its queue's bound.
 /// Run by the park thread, which has `parked` out of its slab meanwhile.
 pub(crate) fn read_parked(node: &Node, parked: &mut Parked, decoder: &mut Decoder) -> Quick {
+    // What handling the frames logs says whose they are, as on a task (`carry_on`).
+    let _span = connection_span(parked).entered();
     let mut chunk = [0u8; READ_CHUNK];
     let mut read = 0;
     loop {
@@ -157,13 +159,23 @@ pub(crate) fn read_parked(node: &Node, parked: &mut Parked, decoder: &mut Decode
             Ok(n) => {
                 let now = node.hub.heartbeats.now_ms();
                 parked.link.touch(now);
-                let (key, link) = (&parked.key, &parked.link);
-                if let Err(reason) = feed(node, key, link, decoder, &chunk[..n], now) {
-                    link.close(reason);
-                    return Quick::Task(None);
-                }
-                if let Err(rest) = crate::park::write_out(parked) {
-                    return Quick::Task(rest);
+                let mut bytes = &chunk[..n];
+                loop {
+                    let (key, link) = (&parked.key, &parked.link);
+                    let fed = match feed(node, key, link, decoder, bytes, now) {
+                        Ok(fed) => fed,
+                        Err(reason) => {
+                            link.close(reason);
+                            return Quick::Task(None);
+                        }
+                    };
+                    if let Err(rest) = crate::park::write_out(parked) {
+                        return Quick::Task(rest);
+                    }
+                    if fed == Fed::All {
+                        break;
+                    }
+                    bytes = &[];
                 }
                 read += n;
                 if read >= QUICK_READ_MAX {
@@ -179,18 +191,23 @@ pub(crate) fn read_parked(node: &Node, parked: &mut Parked, decoder: &mut Decode
     }
 }
 
-fn carry_on(
-    parked: Parked,
-    writing: Option<Bytes>,
-    decoder: Decoder,
-) -> impl Future<Output = ()> + Send + 'static {
-    let span = tracing::debug_span!(
+/// The span of a connection that was parked (see `serve` for why at debug).
+fn connection_span(parked: &Parked) -> tracing::Span {
+    tracing::debug_span!(
         "connection",
         transport = "tcp",
         app = &*parked.key.app,
         device = &*parked.key.device,
         session = %format_args!("{:x}", parked.link.session_id)
-    );
+    )
+}
+
+fn carry_on(
+    parked: Parked,
+    writing: Option<Bytes>,
+    decoder: Decoder,
+) -> impl Future<Output = ()> + Send + 'static {
+    let span = connection_span(&parked);
     let opening: Opening = Box::pin(reopen(parked, writing, decoder));
     run(opening).instrument(span)
 }
@@ -201,6 +218,8 @@ async fn reopen(parked: Parked, writing: Option<Bytes>, decoder: Decoder) -> Opt
         Ok(socket) => {
             let mut conn = Live::new(Either::Tcp(socket), link, key, guard);
             conn.writing = writing;
+            // What the park read may hold frames it paused before (see `Fed`).
+            conn.paused = decoder.buffered() > 0;
             conn.decoder = decoder;
             Some(conn)
         }
@@ -312,8 +331,11 @@ async fn welcome(
     let mut conn = Live::new(stream, link, key, alive);
     conn.decoder = decoder;
     // Frames the app pipelined behind its Hello are already buffered: handle them now.
-    if let Err(reason) = conn.feed(&[], node.hub.heartbeats.now_ms()) {
-        conn.link.close(reason);
+    match conn.feed(&[], node.hub.heartbeats.now_ms()) {
+        Ok(fed) => conn.paused = fed == Fed::Paused,
+        Err(reason) => {
+            conn.link.close(reason);
+        }
     }
     Some(conn)
 }
@@ -420,6 +442,9 @@ struct Live {
     flush: bool,
     /// False once the park refused this connection: it stays a task.
     parks: bool,
+    /// Whole frames wait in the decoder: what the ones before answered fills half the
+    /// outbound queue, and is written before they are handled (see [`Fed`]).
+    paused: bool,
     /// Runs while the connection is idle; when it fires, the connection parks.
     linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -447,7 +472,11 @@ impl Future for &mut Live {
                 Ok(progress) => progress,
                 Err(reason) => return Poll::Ready(Exit::Close(reason)),
             };
-            let read = match this.poll_read(cx) {
+            let read = match this.paused {
+                true => this.go_on(),
+                false => this.poll_read(cx),
+            };
+            let read = match read {
                 Ok(progress) => progress,
                 Err(reason) => return Poll::Ready(Exit::Close(reason)),
             };
@@ -474,6 +503,7 @@ impl Live {
             writing: None,
             flush: false,
             parks: true,
+            paused: false,
             linger: None,
         }
     }
@@ -546,17 +576,41 @@ impl Live {
         let now = self.alive.node().hub.heartbeats.now_ms();
         self.link.touch(now);
         let n = buf.filled().len();
-        self.feed(&chunk[..n], now)?;
+        self.paused = self.feed(&chunk[..n], now)? == Fed::Paused;
         Ok(true)
     }
 
-    /// Decodes and handles every complete frame in `bytes` (and in what was buffered).
-    fn feed(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), CloseReason> {
+    /// Handles the frames a pause left in the decoder, once the queue is below half its
+    /// bound again. Returns whether it did.
+    fn go_on(&mut self) -> Result<bool, CloseReason> {
+        if self.link.half_full(self.alive.node().hub.outbound_limits()) {
+            return Ok(false);
+        }
+        let now = self.alive.node().hub.heartbeats.now_ms();
+        self.paused = self.feed(&[], now)? == Fed::Paused;
+        Ok(true)
+    }
+
+    /// Decodes and handles the complete frames in `bytes` (and in what was buffered).
+    fn feed(&mut self, bytes: &[u8], now_ms: u64) -> Result<Fed, CloseReason> {
         feed(self.alive.node(), &self.key, &self.link, &mut self.decoder, bytes, now_ms)
     }
 }
 
-/// Decodes and handles every complete frame in `bytes` (and in what `decoder` held).
+/// How far [`feed`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fed {
+    /// Every complete frame was handled.
+    All,
+    /// It stopped with complete frames left in the decoder: what those before them
+    /// answered (Pongs, say) fills half the outbound queue, and is to be written before
+    /// they are handled. One read can hold hundreds of small frames; answered all at
+    /// once, they would put a device that reads perfectly well over its queue's bound.
+    Paused,
+}
+
+/// Decodes and handles the complete frames in `bytes` (and in what `decoder` held),
+/// pausing when the link's queue is half full (see [`Fed`]).
 fn feed(
     node: &Node,
     key: &DeviceKey,
@@ -564,10 +618,12 @@ fn feed(
     decoder: &mut Decoder,
     bytes: &[u8],
     now_ms: u64,
-) -> Result<(), CloseReason> {
+) -> Result<Fed, CloseReason> {
     let mut failure = None;
+    let mut fed = Fed::All;
     let handler = Handler { node, key, link };
     let per_sec = node.settings.max_frames_per_sec;
+    let limits = node.hub.outbound_limits();
     decoder
         .feed::<ClientFrame, _>(bytes, |frame| {
             // Charged before the frame is handled: one read can carry hundreds of
@@ -576,17 +632,19 @@ fn feed(
                 failure = Some(CloseReason::RateLimited);
                 return false;
             }
-            match handler.on_frame(frame) {
-                Ok(()) => true,
-                Err(reason) => {
-                    failure = Some(reason);
-                    false
-                }
+            if let Err(reason) = handler.on_frame(frame) {
+                failure = Some(reason);
+                return false;
             }
+            if link.half_full(limits) {
+                fed = Fed::Paused;
+                return false;
+            }
+            true
         })
         .map_err(frame_error)?;
     match failure {
         Some(reason) => Err(reason),
-        None => Ok(()),
+        None => Ok(fed),
     }
 }

@@ -208,6 +208,12 @@ impl Link {
         outbox.close.is_some() || outbox.len() > 0
     }
 
+    /// True when the queue holds half its bound of frames or bytes, or more.
+    pub fn half_full(&self, limits: OutboundLimits) -> bool {
+        let (frames, bytes) = self.queued();
+        frames >= limits.max_frames / 2 || bytes >= limits.max_bytes / 2
+    }
+
     /// Frames and bytes waiting to be written.
     pub fn queued(&self) -> (usize, usize) {
         let outbox = self.outbox.lock();

@@ -263,15 +263,17 @@ async fn what_arrives_while_a_connection_parks_is_taken_up() {
     server.stop().await;
 }
 
-/// More frames in one write than the outbound queue holds answers: every one is
-/// answered, parked or not. The quick read of a parked connection writes what each read
-/// queued before it reads on, as a task does, instead of queueing every Pong first and
-/// closing the device as a slow consumer past the queue's bound.
+/// More frames in one write, and in one read, than the outbound queue holds answers:
+/// every one is answered, parked or not. Handling pauses once the answers fill half the
+/// queue, writes them, and goes on, instead of queueing every Pong first and closing the
+/// device as a slow consumer past the queue's bound. The smallest Ping is 6 bytes: a
+/// 4 KiB read holds 682 of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_pings_larger_than_the_queue_gets_every_pong_parked_or_not() {
     let ping = longlink::frame::encode(&longlink::proto::device::ClientFrame {
-        frame: Some(client_frame::Frame::Ping(Ping { client_time_ms: 1_800_000_000_000 })),
+        frame: Some(client_frame::Frame::Ping(Ping { client_time_ms: 0 })),
     });
+    assert_eq!(ping.len(), 6);
     for park_after_ms in [1, 60_000] {
         let server = start_with(parks_after(park_after_ms)).await;
         let burst = 3 * longlink::config::Config::default().device.outbound_max_frames;
@@ -288,4 +290,23 @@ async fn a_burst_of_pings_larger_than_the_queue_gets_every_pong_parked_or_not() 
         }
         server.stop().await;
     }
+}
+
+/// What handling a parked connection's frame logs carries the connection's identity, as
+/// on a task: the park thread handles it inside the connection's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_handled_in_the_park_log_whose_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("RUST_LOG", "debug"), ("LONGLINK_DEVICE__PARK_AFTER_MS", "1")];
+    let served = support::child::serve_in(dir.path(), "", &env);
+    let mut device = within(5, Device::connect(&served.endpoint())).await.unwrap();
+    let hello = longlink::client::hello(APP, "tagged", &served.token("tagged"), 0);
+    within(5, device.hello(hello)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let unbind = client_frame::Frame::Unbind(longlink::proto::device::Unbind {});
+    device.send(unbind).await.unwrap();
+    within(5, device.recv()).await.unwrap();
+    let log = served.log();
+    let line = log.lines().find(|l| l.contains("unbound")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains(r#"connection{transport="tcp" app="demo" device="tagged""#), "{line}");
 }
