@@ -613,10 +613,14 @@ impl Hub {
         self.tell_missed(device, link);
         let now = crate::clock::unix_ms();
         let mut expired = Vec::new();
-        while let Some(out) =
-            device.mailbox(self.seq_base()).next(self.limits.send_window, now, &mut expired)
+        let base = self.seq_base();
+        while let Some(out) = device.mailbox(base).next(self.limits.send_window, now, &mut expired)
         {
-            match self.hand(key, link, &out, true) {
+            // With nothing else of the replay in flight no ack is coming to go on with it:
+            // this one goes out as a live frame would (the queue may be half full of
+            // Pongs or broadcasts), or the replay would stall for good.
+            let replay = device.mailbox(base).in_flight() > 1;
+            match self.hand(key, link, &out, replay) {
                 Sent::Queued if !out.redelivery && !out.message.ephemeral => {
                     // Kept as not handed yet: from now on, resending it is a redelivery,
                     // after a restart too.

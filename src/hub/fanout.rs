@@ -215,7 +215,8 @@ impl Hub {
                     c.scanned = entry.seq;
                     continue;
                 }
-                if !self.write_broadcast(key, c, link, entry, true) {
+                // As in `Hub::pump`: with none in flight, no ack would move it on.
+                if !self.write_broadcast(key, c, link, entry, in_flight > 0) {
                     return;
                 }
                 in_flight += 1;

@@ -15,11 +15,15 @@ fn hub() -> Hub {
 fn hub_in(dir: tempfile::TempDir) -> Hub {
     let limits = HubLimits {
         outbound: OutboundLimits { max_frames: 100_000, max_bytes: usize::MAX },
-        // Wide open: this test is about ordering, the window has its own tests.
+        // Wide open: these tests are about ordering, the window has its own tests.
         send_window: 100_000,
         pending_max: 100_000,
         broadcast_max: 1_000,
     };
+    hub_with(dir, limits)
+}
+
+fn hub_with(dir: tempfile::TempDir, limits: HubLimits) -> Hub {
     let store = crate::store::Store::open(dir.path(), crate::store::Fsync::Never).unwrap();
     // The directory must outlive the store's writer thread: keep it for the test's life.
     std::mem::forget(dir);
@@ -197,4 +201,55 @@ fn a_restart_moves_every_seq_past_what_a_crash_could_have_given_out() {
     let device = hub.devices.get(&key).unwrap();
     let record = device.record(hub.epoch());
     assert_eq!((record.seq_floor, record.floor_epoch), (2_000 + SEQ_JUMP + 1 + SEQ_BLOCK, 5));
+}
+
+/// A replay goes on with each ack, and offers its frames only while the link's queue is
+/// under half its bound. When the queue is half full of something else (Pongs to a burst
+/// of pings, broadcasts) as an ack arrives, and none of the replay is in flight, no later
+/// ack can come to move it on: that frame goes out as a live one would.
+#[test]
+fn a_replay_with_nothing_in_flight_gets_a_frame_out_past_a_half_full_queue() {
+    let limits = HubLimits {
+        outbound: OutboundLimits { max_frames: 8, max_bytes: usize::MAX },
+        send_window: 2,
+        pending_max: 100,
+        broadcast_max: 10,
+    };
+    let hub = hub_with(tempfile::tempdir().unwrap(), limits);
+    let key = DeviceKey::new("a", "d");
+    hub.connect(&key, Profile::default(), session(1));
+    hub.disconnect(&key, 1, 0);
+    for i in 1..=5 {
+        assert_eq!(hub.push(&key, &message(i)), Outcome::Stored { seq: i });
+    }
+    let link = session(2).link;
+    hub.connect(&key, Profile::default(), Session { link: link.clone(), ..session(2) });
+    assert_eq!(seqs(&link), [(1, false), (2, false)], "the send window");
+    let pong = bytes::Bytes::from_static(b"pong");
+    for _ in 0..4 {
+        assert_eq!(link.send(pong.clone(), limits.outbound), Sent::Queued);
+    }
+    hub.ack(&key, 2, &[], 0);
+    assert_eq!(link.queued().0, 5, "one frame past the half-full queue");
+    for _ in 0..4 {
+        assert_eq!(link.next(), Ok(Some(pong.clone())));
+    }
+    assert_eq!(seqs(&link), [(3, false)]);
+    // In flight again: the next ack moves it on, and the window takes over.
+    hub.ack(&key, 3, &[], 0);
+    assert_eq!(seqs(&link), [(4, false), (5, false)]);
+
+    // The same for a broadcast catch-up, from a connect onto a half-full queue.
+    let app: Arc<str> = "a".into();
+    hub.ack(&key, 5, &[], 0);
+    hub.disconnect(&key, 2, 0);
+    for i in 0..3 {
+        hub.broadcast(&app, message(100 + i), true);
+    }
+    let link = session(3).link;
+    for _ in 0..4 {
+        assert_eq!(link.send(pong.clone(), limits.outbound), Sent::Queued);
+    }
+    hub.connect(&key, Profile::default(), Session { link: link.clone(), ..session(3) });
+    assert_eq!(link.queued().0, 5, "one broadcast past the half-full queue");
 }
