@@ -31,6 +31,7 @@ pub mod mailbox;
 pub mod message;
 pub mod node;
 pub mod park;
+pub mod priority;
 pub mod proto;
 pub mod receipts;
 pub mod recent;

@@ -117,6 +117,7 @@ fn describe() {
         ("longlink_store_commits_total", "Store batches committed."),
         ("longlink_store_writes_total", "Store puts and deletes committed."),
         ("longlink_store_errors_total", "Store batches that failed to commit."),
+        ("longlink_store_fsyncs_total", "Store fsyncs that succeeded."),
         ("longlink_store_corrupt_records_total", "Corrupt store records skipped at load."),
         (
             "longlink_delivery_failures_total",
@@ -171,6 +172,7 @@ fn register() {
         "longlink_store_commits_total",
         "longlink_store_writes_total",
         "longlink_store_errors_total",
+        "longlink_store_fsyncs_total",
         "longlink_store_corrupt_records_total",
         "longlink_timeline_entries_total",
         "longlink_timeline_dropped_total",

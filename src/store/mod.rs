@@ -12,7 +12,7 @@ mod load;
 pub mod record;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,8 @@ pub struct Store {
     /// Message records in the store: those read at load, plus puts, minus deletes. Exact
     /// because the hub writes each (device, seq) once and deletes it at most once.
     messages: AtomicI64,
+    /// fsyncs that succeeded.
+    fsyncs: Arc<AtomicU64>,
     writer: std::thread::JoinHandle<()>,
 }
 
@@ -153,13 +155,20 @@ impl Store {
         };
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let writer =
-            Writer { db: db.clone(), spaces: spaces.clone(), queued: queued.clone(), fsync, rx };
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            db: db.clone(),
+            spaces: spaces.clone(),
+            queued: queued.clone(),
+            fsyncs: fsyncs.clone(),
+            fsync,
+            rx,
+        };
         let writer = std::thread::Builder::new()
             .name("longlink-store".into())
             .spawn(move || writer.run())
             .map_err(fjall::Error::from)?;
-        Ok(Store { db, spaces, tx, queued, messages: AtomicI64::new(0), writer })
+        Ok(Store { db, spaces, tx, queued, messages: AtomicI64::new(0), fsyncs, writer })
     }
 
     pub fn put(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
@@ -202,6 +211,11 @@ impl Store {
         self.messages.load(Ordering::Relaxed).max(0) as u64
     }
 
+    /// fsyncs the writer made (and that succeeded) since the store was opened.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
     /// Bytes the store takes on disk (tables and journal).
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
@@ -226,18 +240,19 @@ struct Writer {
     db: Database,
     spaces: Spaces,
     queued: Arc<AtomicUsize>,
+    fsyncs: Arc<AtomicU64>,
     fsync: Fsync,
     rx: mpsc::Receiver<Op>,
 }
 
 impl Writer {
     fn run(self) {
-        let mut last_sync = Instant::now();
+        let mut disk = Disk { synced_at: Instant::now(), behind: false };
         loop {
-            let first = match self.next_op(last_sync) {
+            let first = match self.next_op(disk.synced_at) {
                 Ok(Some(op)) => op,
                 Ok(None) => {
-                    self.sync_now(&mut last_sync);
+                    self.sync_now(&mut disk);
                     continue;
                 }
                 Err(()) => break,
@@ -249,7 +264,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(ops, &mut last_sync);
+            self.commit(ops, &mut disk);
         }
         let _ = self.db.persist(PersistMode::SyncAll);
     }
@@ -270,7 +285,7 @@ impl Writer {
         }
     }
 
-    fn commit(&self, ops: Vec<Op>, last_sync: &mut Instant) {
+    fn commit(&self, ops: Vec<Op>, disk: &mut Disk) {
         let mut batch = self.db.batch();
         let mut waiters = Vec::new();
         let mut writes = 0;
@@ -291,9 +306,12 @@ impl Writer {
         metrics::gauge!("longlink_store_queue").set(left as f64);
         let mut result =
             if writes > 0 { batch.commit().map_err(|e| e.to_string()) } else { Ok(()) };
-        if result.is_ok() && self.fsync == Fsync::Always && !waiters.is_empty() {
+        disk.behind |= writes > 0;
+        // A barrier with nothing written since the last fsync is answered without one:
+        // pushes that keep nothing (TTL 0, all sent) cost no disk flush.
+        if result.is_ok() && self.fsync == Fsync::Always && !waiters.is_empty() && disk.behind {
             result = self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string());
-            *last_sync = Instant::now();
+            self.synced(disk, result.is_ok());
         }
         if let Err(error) = &result {
             metrics::counter!("longlink_store_errors_total").increment(1);
@@ -306,10 +324,75 @@ impl Writer {
         }
     }
 
-    fn sync_now(&self, last_sync: &mut Instant) {
-        if let Err(error) = self.db.persist(PersistMode::SyncAll) {
+    fn sync_now(&self, disk: &mut Disk) {
+        if !disk.behind {
+            disk.synced_at = Instant::now();
+            return;
+        }
+        let result = self.db.persist(PersistMode::SyncAll);
+        if let Err(error) = &result {
             tracing::error!(%error, "store fsync failed");
         }
-        *last_sync = Instant::now();
+        self.synced(disk, result.is_ok());
+    }
+
+    fn synced(&self, disk: &mut Disk, ok: bool) {
+        disk.synced_at = Instant::now();
+        if ok {
+            disk.behind = false;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("longlink_store_fsyncs_total").increment(1);
+        }
+    }
+}
+
+/// What the writer knows of the disk.
+struct Disk {
+    /// The last fsync (or its attempt).
+    synced_at: Instant,
+    /// Writes were committed since the last fsync that succeeded.
+    behind: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_barrier_fsyncs_only_what_was_written_since_the_last_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Fsync::Always).unwrap();
+        store.sync().await.unwrap();
+        assert_eq!(store.fsyncs(), 0, "nothing written: nothing to flush");
+        store.put(Space::Devices, b"a".to_vec(), b"1".to_vec());
+        store.sync().await.unwrap();
+        assert_eq!(store.fsyncs(), 1);
+        store.sync().await.unwrap();
+        store.sync().await.unwrap();
+        assert_eq!(store.fsyncs(), 1, "barriers after it find the disk up to date");
+        store.delete(Space::Devices, b"a".to_vec());
+        store.sync().await.unwrap();
+        assert_eq!(store.fsyncs(), 2, "a delete is a write too");
+        store.close();
+    }
+
+    #[test]
+    fn the_interval_policy_fsyncs_only_after_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Fsync::Interval(Duration::from_millis(10))).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(store.fsyncs(), 0, "ten idle intervals, no fsync");
+        store.put(Space::Devices, b"a".to_vec(), b"1".to_vec());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.fsyncs() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            store.fsyncs(),
+            1,
+            "one fsync for the write, none for the idle intervals after it"
+        );
+        store.close();
     }
 }
