@@ -118,6 +118,7 @@ fn describe() {
         ("longlink_store_writes_total", "Store puts and deletes committed."),
         ("longlink_store_errors_total", "Store batches that failed to commit."),
         ("longlink_store_fsyncs_total", "Store fsyncs that succeeded."),
+        ("longlink_store_waits_total", "Pushes that waited for store writes to be durable."),
         ("longlink_store_corrupt_records_total", "Corrupt store records skipped at load."),
         (
             "longlink_delivery_failures_total",
@@ -173,6 +174,7 @@ fn register() {
         "longlink_store_writes_total",
         "longlink_store_errors_total",
         "longlink_store_fsyncs_total",
+        "longlink_store_waits_total",
         "longlink_store_corrupt_records_total",
         "longlink_timeline_entries_total",
         "longlink_timeline_dropped_total",

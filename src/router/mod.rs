@@ -107,6 +107,9 @@ async fn stream_pushes(
                 let answer = push::push(&node, req).await;
                 tokio::spawn(std::future::ready(answer))
             }
+            Ok(req) if !push::keeps(&node, &req) => {
+                tokio::spawn(std::future::ready(push::prepare(&node, req)))
+            }
             Ok(req) => {
                 let prepared = push::prepare(&node, req);
                 let node = node.clone();

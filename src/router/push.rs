@@ -33,8 +33,9 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
         return Ok(first);
     }
     if request.request_id.is_empty() || request.dry_run {
+        let keeps = keeps(node, &request);
         let response = checked(node, &app, request)?;
-        return durable(node, response).await;
+        return if keeps { durable(node, response).await } else { Ok(response) };
     }
     let id = request.request_id.clone();
     let mut slot = node.requests.slot(&app, &id).await;
@@ -69,6 +70,17 @@ fn checked(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
 fn refused(node: &Node, app: &Arc<str>, request_id: &str, status: &Status) {
     let timeline = node.hub.receipts.timeline();
     crate::timeline::steps::refused(timeline, Some(app), request_id, status.message());
+}
+
+/// Whether a request without a request id keeps anything its answer vouches for: a
+/// message with a TTL is kept until acked or expired, so its answer waits for the store.
+/// A TTL-0 message is never kept and a dry run writes nothing; the records such a push
+/// may still write (a device's seq floor, reserved ahead) are covered by the epoch jump
+/// at restart, so their answers do not wait for the disk.
+pub fn keeps(node: &Node, request: &PushRequest) -> bool {
+    let ttl =
+        request.message.as_ref().map(|m| m.ttl_secs.unwrap_or(node.settings.default_ttl_secs));
+    !request.dry_run && ttl != Some(0)
 }
 
 /// Waits until every store write enqueued so far is durable, then answers.

@@ -116,6 +116,13 @@ pub struct Store {
     messages: AtomicI64,
     /// fsyncs that succeeded.
     fsyncs: Arc<AtomicU64>,
+    /// Writes enqueued since the store was opened, and how many of them (the first ones,
+    /// in queue order) are durable as the policy defines it: while the two are equal, a
+    /// [`Store::sync`] has nothing to wait for.
+    enqueued: AtomicU64,
+    durable: Arc<AtomicU64>,
+    /// Syncs that had to wait for the writer.
+    waits: AtomicU64,
     writer: std::thread::JoinHandle<()>,
 }
 
@@ -156,11 +163,13 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let fsyncs = Arc::new(AtomicU64::new(0));
+        let durable = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             spaces: spaces.clone(),
             queued: queued.clone(),
             fsyncs: fsyncs.clone(),
+            durable: durable.clone(),
             fsync,
             rx,
         };
@@ -168,34 +177,50 @@ impl Store {
             .name("longlink-store".into())
             .spawn(move || writer.run())
             .map_err(fjall::Error::from)?;
-        Ok(Store { db, spaces, tx, queued, messages: AtomicI64::new(0), fsyncs, writer })
+        let messages = AtomicI64::new(0);
+        let enqueued = AtomicU64::new(0);
+        let waits = AtomicU64::new(0);
+        Ok(Store { db, spaces, tx, queued, messages, fsyncs, enqueued, durable, waits, writer })
     }
 
     pub fn put(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
         if let Space::Messages = space {
             self.messages.fetch_add(1, Ordering::Relaxed);
         }
-        let _ = self.tx.send(Op::Put(space, key, value));
+        self.enqueue(Op::Put(space, key, value));
     }
 
     /// Replaces a record that is already kept (or queued): counted as no new message.
     pub fn rewrite(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(Op::Put(space, key, value));
+        self.enqueue(Op::Put(space, key, value));
     }
 
     pub fn delete(&self, space: Space, key: Vec<u8>) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
         if let Space::Messages = space {
             self.messages.fetch_sub(1, Ordering::Relaxed);
         }
-        let _ = self.tx.send(Op::Delete(space, key));
+        self.enqueue(Op::Delete(space, key));
+    }
+
+    /// Counts a write, then queues it: a write is counted before it can be committed.
+    fn enqueue(&self, op: Op) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.enqueued.fetch_add(1, Ordering::SeqCst);
+        let _ = self.tx.send(op);
     }
 
     /// Resolves once every write enqueued before the call is committed (and, under
-    /// `Fsync::Always`, on disk).
+    /// `Fsync::Always`, on disk). With nothing pending it resolves at once, without a
+    /// round trip through the writer: every write enqueued before the call was counted
+    /// before the call, and sits in the queue ahead of any write counted after it, so
+    /// once as many writes are durable as were counted, those are among them.
     pub async fn sync(&self) -> Result<(), StoreError> {
+        let counted = self.enqueued.load(Ordering::SeqCst);
+        if self.durable.load(Ordering::SeqCst) >= counted {
+            return Ok(());
+        }
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("longlink_store_waits_total").increment(1);
         let (done, wait) = oneshot::channel();
         self.tx.send(Op::Barrier(done)).map_err(|_| StoreError::Stopped)?;
         match wait.await {
@@ -209,6 +234,11 @@ impl Store {
     /// counting writes still queued for the writer.
     pub fn messages(&self) -> u64 {
         self.messages.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Syncs since the store was opened that had writes to wait for.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
     }
 
     /// fsyncs the writer made (and that succeeded) since the store was opened.
@@ -241,13 +271,14 @@ struct Writer {
     spaces: Spaces,
     queued: Arc<AtomicUsize>,
     fsyncs: Arc<AtomicU64>,
+    durable: Arc<AtomicU64>,
     fsync: Fsync,
     rx: mpsc::Receiver<Op>,
 }
 
 impl Writer {
     fn run(self) {
-        let mut disk = Disk { synced_at: Instant::now(), behind: false };
+        let mut disk = Disk { synced_at: Instant::now(), behind: false, taken: 0 };
         loop {
             let first = match self.next_op(disk.synced_at) {
                 Ok(Some(op)) => op,
@@ -307,6 +338,12 @@ impl Writer {
         let mut result =
             if writes > 0 { batch.commit().map_err(|e| e.to_string()) } else { Ok(()) };
         disk.behind |= writes > 0;
+        disk.taken += writes as u64;
+        if self.fsync != Fsync::Always {
+            // Durable as this policy defines it once committed; a failed commit's waiters
+            // got its error, and later barriers are answered for what came after.
+            self.durable.store(disk.taken, Ordering::SeqCst);
+        }
         // A barrier with nothing written since the last fsync is answered without one:
         // pushes that keep nothing (TTL 0, all sent) cost no disk flush.
         if result.is_ok() && self.fsync == Fsync::Always && !waiters.is_empty() && disk.behind {
@@ -340,6 +377,7 @@ impl Writer {
         disk.synced_at = Instant::now();
         if ok {
             disk.behind = false;
+            self.durable.store(disk.taken, Ordering::SeqCst);
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("longlink_store_fsyncs_total").increment(1);
         }
@@ -352,6 +390,8 @@ struct Disk {
     synced_at: Instant,
     /// Writes were committed since the last fsync that succeeded.
     behind: bool,
+    /// Writes taken from the queue so far.
+    taken: u64,
 }
 
 #[cfg(test)]
@@ -363,17 +403,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Fsync::Always).unwrap();
         store.sync().await.unwrap();
-        assert_eq!(store.fsyncs(), 0, "nothing written: nothing to flush");
+        assert_eq!((store.fsyncs(), store.waits()), (0, 0), "nothing written: nothing to wait for");
         store.put(Space::Devices, b"a".to_vec(), b"1".to_vec());
         store.sync().await.unwrap();
         assert_eq!(store.fsyncs(), 1);
+        assert_eq!(store.waits(), 1);
         store.sync().await.unwrap();
         store.sync().await.unwrap();
-        assert_eq!(store.fsyncs(), 1, "barriers after it find the disk up to date");
+        assert_eq!((store.fsyncs(), store.waits()), (1, 1), "syncs after it find it durable");
         store.delete(Space::Devices, b"a".to_vec());
         store.sync().await.unwrap();
-        assert_eq!(store.fsyncs(), 2, "a delete is a write too");
+        assert_eq!((store.fsyncs(), store.waits()), (2, 2), "a delete is a write too");
         store.close();
+    }
+
+    #[test]
+    fn a_sync_waits_for_writes_enqueued_before_it_under_every_policy() {
+        let policies = [Fsync::Always, Fsync::Interval(Duration::from_secs(3600)), Fsync::Never];
+        for fsync in policies {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), fsync).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            for i in 0..50u32 {
+                store.put(Space::Devices, i.to_be_bytes().to_vec(), b"v".to_vec());
+                runtime.block_on(store.sync()).unwrap();
+                // The writer answered, so the write is committed: readable now.
+                let key = i.to_be_bytes();
+                assert!(store.spaces.devices.get(key).unwrap().is_some(), "{fsync:?} write {i}");
+            }
+            let waits = store.waits();
+            runtime.block_on(store.sync()).unwrap();
+            assert_eq!(store.waits(), waits, "{fsync:?}: nothing pending, nothing to wait for");
+            // Under `always` a commit is not durable until an fsync, which only a sync
+            // asks for; otherwise the writer may have committed before the sync came.
+            let (waited, fsynced) = if fsync == Fsync::Always { (50, 50) } else { (waits, 0) };
+            assert_eq!((waits, store.fsyncs()), (waited, fsynced), "{fsync:?}");
+            assert!(waits <= 50);
+            store.close();
+        }
     }
 
     #[test]
