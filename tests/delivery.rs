@@ -284,56 +284,69 @@ async fn unacked_messages_are_redelivered_flagged_on_the_next_connection() {
     server.stop().await;
 }
 
-/// An answer waits for the store only when the push keeps something: a message with a
-/// TTL (unary and streamed), or an idempotency record. A TTL-0 push, or a dry run, is
-/// answered without a round trip through the store's writer.
+/// An answer waits for the store only when the push wrote to it: a message kept (any TTL
+/// but 0, unary or streamed), a kept message it replaced, an idempotency record. A TTL-0
+/// push or a dry run that wrote nothing is answered without a round trip through the
+/// store's writer, even with another device's write pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_pushes_that_keep_something_wait_for_the_store() {
+async fn only_pushes_that_write_wait_for_the_store() {
     let server = start().await;
     let (mut device, _) = server.device("waits-1").await;
-    let store = || server.node().hub.store().waits();
+    let store = server.node().hub.store();
     let mut router = server.router().await;
-    let push = |ttl: Option<u32>, request_id: &str, dry_run: bool| {
+    let push = |ttl: Option<u32>, request_id: &str, dry_run: bool, collapse: &str| {
         let mut request = support::notification(&["waits-1"], "w");
-        request.message.as_mut().unwrap().ttl_secs = ttl;
+        let message = request.message.as_mut().unwrap();
+        message.ttl_secs = ttl;
+        message.collapse_key = collapse.into();
         request.request_id = request_id.into();
         request.dry_run = dry_run;
         request
     };
-    // Let the connect's own registry write become durable first.
-    server.node().hub.store().sync().await.unwrap();
+    // Another device's write, not yet durable, before every push: a push that waits for
+    // the store has to wait for it.
+    let pending = || store.put(longlink::store::Space::Meta, b"pending".to_vec(), b"x".to_vec());
     let cases = [
-        ("TTL 0", push(Some(0), "", false), 0),
-        ("dry run", push(Some(60), "", true), 0),
-        ("TTL 60", push(Some(60), "", false), 1),
-        ("default TTL", push(None, "", false), 1),
-        ("TTL 0 with a request id", push(Some(0), "req-1", false), 1),
+        // The first push to a device also reserves its seq floor.
+        ("TTL 60", push(Some(60), "", false, ""), 1),
+        ("TTL 0", push(Some(0), "", false, ""), 0),
+        ("dry run", push(Some(60), "", true, ""), 0),
+        ("default TTL", push(None, "", false, ""), 1),
+        ("TTL 0 with a request id", push(Some(0), "req-1", false, ""), 1),
     ];
-    // Another device's write, still waiting for an fsync, before every push: a push that
-    // waits for the store would have to wait for it.
-    let pending = || {
-        let space = longlink::store::Space::Meta;
-        server.node().hub.store().put(space, b"pending".to_vec(), b"x".to_vec());
-    };
     for (what, request, waits) in cases {
         pending();
-        let before = store();
+        let before = store.waits();
         let answer = router.push(request.clone()).await.unwrap().into_inner();
-        assert_eq!(store() - before, waits, "{what}: waits on the store");
+        assert_eq!(store.waits() - before, waits, "{what}: waits on the store");
         if !request.dry_run {
             assert_eq!(answer.results[0].result(), Wire::Sent, "{what}");
             let got = next_push(&mut device).await;
             device.ack(got.seq).await.unwrap();
+            // The ack's deletes are enqueued before the next push is handled.
+            eventually(5, || store.messages() == 0).await;
         }
     }
+    // A TTL-0 push that replaces a kept message (same collapse key) deletes its record.
+    router.push(push(Some(60), "", false, "k")).await.unwrap();
+    let kept = next_push(&mut device).await;
+    assert_eq!(store.messages(), 1);
+    pending();
+    let before = store.waits();
+    router.push(push(Some(0), "", false, "k")).await.unwrap();
+    assert_eq!(store.messages(), 0, "the kept message was replaced");
+    assert_eq!(store.waits() - before, 1, "TTL 0 replacing a kept message waits");
+    let replacing = next_push(&mut device).await;
+    assert!(replacing.seq > kept.seq);
+    device.ack(replacing.seq).await.unwrap();
     // The streamed form follows the same rule.
     pending();
-    let before = store();
+    let before = store.waits();
     use tokio_stream::StreamExt;
-    let requests = [push(Some(0), "", false), push(Some(60), "", false)];
+    let requests = [push(Some(0), "", false, ""), push(Some(60), "", false, "")];
     let stream = router.push_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
     let answers: Vec<_> = within(5, stream.collect::<Vec<_>>()).await;
     assert_eq!(answers.len(), 2);
     assert!(answers.iter().all(|a| a.as_ref().unwrap().results[0].result() == Wire::Sent));
-    assert_eq!(store() - before, 1, "streamed: only the TTL-60 push waits");
+    assert_eq!(store.waits() - before, 1, "streamed: only the TTL-60 push waits");
 }

@@ -107,14 +107,13 @@ async fn stream_pushes(
                 let answer = push::push(&node, req).await;
                 tokio::spawn(std::future::ready(answer))
             }
-            Ok(req) if !push::keeps(&node, &req) => {
-                tokio::spawn(std::future::ready(push::prepare(&node, req)))
-            }
-            Ok(req) => {
-                let prepared = push::prepare(&node, req);
-                let node = node.clone();
-                tokio::spawn(async move { push::durable(&node, prepared?).await })
-            }
+            Ok(req) => match push::prepare(&node, req) {
+                (prepared, false) => tokio::spawn(std::future::ready(prepared)),
+                (prepared, true) => {
+                    let node = node.clone();
+                    tokio::spawn(async move { push::durable(&node, prepared?).await })
+                }
+            },
             Err(status) => tokio::spawn(std::future::ready(Err(status))),
         };
         if order.send(answering).await.is_err() {

@@ -33,9 +33,8 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
         return Ok(first);
     }
     if request.request_id.is_empty() || request.dry_run {
-        let keeps = keeps(node, &request);
-        let response = checked(node, &app, request)?;
-        return if keeps { durable(node, response).await } else { Ok(response) };
+        let (response, wrote) = written(node, || checked(node, &app, request));
+        return if wrote { durable(node, response?).await } else { response };
     }
     let id = request.request_id.clone();
     let mut slot = node.requests.slot(&app, &id).await;
@@ -50,10 +49,25 @@ pub async fn push(node: &Node, request: PushRequest) -> Result<PushResponse, Sta
     durable(node, answer.response).await
 }
 
-/// Delivers a request without a request id; the answer is not final until [`durable`].
-pub fn prepare(node: &Node, request: PushRequest) -> Result<PushResponse, Status> {
-    let app = super::known_app(node, &request.app_id)?;
-    checked(node, &app, request)
+/// Delivers a request without a request id; when it wrote to the store (the second
+/// value), the answer is not final until [`durable`].
+pub fn prepare(node: &Node, request: PushRequest) -> (Result<PushResponse, Status>, bool) {
+    written(node, || {
+        let app = super::known_app(node, &request.app_id)?;
+        checked(node, &app, request)
+    })
+}
+
+/// Runs `push` and says whether the store was written meanwhile: a message kept (any
+/// TTL but 0), one it replaced or pushed out (a collapse key, a badge, a full mailbox
+/// or broadcast log), a registry record. Only such an answer waits for the store; a
+/// TTL-0 push that wrote nothing is answered at once. Writes by other pushes at the same
+/// time count too, which only makes this push wait as it always used to.
+fn written<T>(node: &Node, push: impl FnOnce() -> T) -> (T, bool) {
+    let store = node.hub.store();
+    let before = store.enqueued();
+    let result = push();
+    (result, store.enqueued() != before)
 }
 
 /// [`deliver`], keeping a refusal in the timeline (unless it was a dry run).
@@ -70,17 +84,6 @@ fn checked(node: &Node, app: &Arc<str>, request: PushRequest) -> Result<PushResp
 fn refused(node: &Node, app: &Arc<str>, request_id: &str, status: &Status) {
     let timeline = node.hub.receipts.timeline();
     crate::timeline::steps::refused(timeline, Some(app), request_id, status.message());
-}
-
-/// Whether a request without a request id keeps anything its answer vouches for: a
-/// message with a TTL is kept until acked or expired, so its answer waits for the store.
-/// A TTL-0 message is never kept and a dry run writes nothing; the records such a push
-/// may still write (a device's seq floor, reserved ahead) are covered by the epoch jump
-/// at restart, so their answers do not wait for the disk.
-pub fn keeps(node: &Node, request: &PushRequest) -> bool {
-    let ttl =
-        request.message.as_ref().map(|m| m.ttl_secs.unwrap_or(node.settings.default_ttl_secs));
-    !request.dry_run && ttl != Some(0)
 }
 
 /// Waits until every store write enqueued so far is durable, then answers.

@@ -23,6 +23,8 @@ pub use load::{Loaded, LoadedDevice};
 
 /// Operations per batch at most, so one commit stays short.
 const MAX_BATCH: usize = 8_192;
+/// Under `always`, how long a write no push waits for may stay without an fsync.
+const ALWAYS_LAG: Duration = Duration::from_secs(1);
 
 /// When the writer makes data durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,8 +119,9 @@ pub struct Store {
     /// fsyncs that succeeded.
     fsyncs: Arc<AtomicU64>,
     /// Writes enqueued since the store was opened, and how many of them (the first ones,
-    /// in queue order) are durable as the policy defines it: while the two are equal, a
-    /// [`Store::sync`] has nothing to wait for.
+    /// in queue order) the writer has answered for: durable as the policy defines it, or
+    /// failed with their waiters told. While the two are equal, a [`Store::sync`] has
+    /// nothing to wait for.
     enqueued: AtomicU64,
     durable: Arc<AtomicU64>,
     /// Syncs that had to wait for the writer.
@@ -236,6 +239,12 @@ impl Store {
         self.messages.load(Ordering::Relaxed).max(0) as u64
     }
 
+    /// Writes enqueued since the store was opened: a caller that reads it before and after
+    /// some work knows whether anything was written meanwhile.
+    pub fn enqueued(&self) -> u64 {
+        self.enqueued.load(Ordering::SeqCst)
+    }
+
     /// Syncs since the store was opened that had writes to wait for.
     pub fn waits(&self) -> u64 {
         self.waits.load(Ordering::Relaxed)
@@ -280,7 +289,7 @@ impl Writer {
     fn run(self) {
         let mut disk = Disk { synced_at: Instant::now(), behind: false, taken: 0 };
         loop {
-            let first = match self.next_op(disk.synced_at) {
+            let first = match self.next_op(&disk) {
                 Ok(Some(op)) => op,
                 Ok(None) => {
                     self.sync_now(&mut disk);
@@ -296,23 +305,38 @@ impl Writer {
                 }
             }
             self.commit(ops, &mut disk);
+            // Checked after every batch too: a writer that never runs out of work never
+            // times out waiting for the next one.
+            if self.sync_due(&disk).is_some_and(|due| due <= Instant::now()) {
+                self.sync_now(&mut disk);
+            }
         }
         let _ = self.db.persist(PersistMode::SyncAll);
     }
 
-    /// The next operation; `None` when an interval fsync is due first; `Err` when every
-    /// sender is gone.
-    fn next_op(&self, last_sync: Instant) -> Result<Option<Op>, ()> {
+    /// When writes committed without an fsync must reach the disk: every interval under
+    /// `interval`; within [`ALWAYS_LAG`] under `always` (a push that waits has its own
+    /// fsync; this covers the writes no push waits for: registrations, acks, TTL-0
+    /// bookkeeping); never under `never`.
+    fn sync_due(&self, disk: &Disk) -> Option<Instant> {
         match self.fsync {
-            Fsync::Interval(every) => {
-                let left = every.saturating_sub(last_sync.elapsed());
-                match self.rx.recv_timeout(left) {
-                    Ok(op) => Ok(Some(op)),
-                    Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
-                }
-            }
-            _ => self.rx.recv().map(Some).map_err(|_| ()),
+            _ if !disk.behind => None,
+            Fsync::Interval(every) => Some(disk.synced_at + every),
+            Fsync::Always => Some(disk.synced_at + ALWAYS_LAG),
+            Fsync::Never => None,
+        }
+    }
+
+    /// The next operation; `None` when an fsync is due first; `Err` when every sender is
+    /// gone.
+    fn next_op(&self, disk: &Disk) -> Result<Option<Op>, ()> {
+        let Some(due) = self.sync_due(disk) else {
+            return self.rx.recv().map(Some).map_err(|_| ());
+        };
+        match self.rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+            Ok(op) => Ok(Some(op)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
         }
     }
 
@@ -340,8 +364,9 @@ impl Writer {
         disk.behind |= writes > 0;
         disk.taken += writes as u64;
         if self.fsync != Fsync::Always {
-            // Durable as this policy defines it once committed; a failed commit's waiters
-            // got its error, and later barriers are answered for what came after.
+            // Durable as this policy defines it once committed. A failed commit's writes
+            // are counted too: its waiters got the error, and a later sync answers for
+            // what came after it, as a later barrier always did.
             self.durable.store(disk.taken, Ordering::SeqCst);
         }
         // A barrier with nothing written since the last fsync is answered without one:
@@ -362,10 +387,6 @@ impl Writer {
     }
 
     fn sync_now(&self, disk: &mut Disk) {
-        if !disk.behind {
-            disk.synced_at = Instant::now();
-            return;
-        }
         let result = self.db.persist(PersistMode::SyncAll);
         if let Err(error) = &result {
             tracing::error!(%error, "store fsync failed");
@@ -460,6 +481,37 @@ mod tests {
             1,
             "one fsync for the write, none for the idle intervals after it"
         );
+        store.close();
+    }
+
+    #[test]
+    fn writes_that_never_stop_are_still_fsynced_every_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Fsync::Interval(Duration::from_millis(20))).unwrap();
+        let start = Instant::now();
+        let mut i = 0u32;
+        while start.elapsed() < Duration::from_millis(400) {
+            store.put(Space::Devices, i.to_be_bytes().to_vec(), b"v".to_vec());
+            i += 1;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let fsyncs = store.fsyncs();
+        assert!(fsyncs >= 5, "{fsyncs} fsyncs in 400 ms of writes every 0.2 ms");
+        store.close();
+    }
+
+    #[test]
+    fn under_always_a_write_no_push_waits_for_reaches_the_disk_within_the_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Fsync::Always).unwrap();
+        store.put(Space::Devices, b"a".to_vec(), b"1".to_vec());
+        let deadline = Instant::now() + ALWAYS_LAG * 3;
+        while store.fsyncs() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(store.fsyncs(), 1, "fsynced without any sync() asking");
+        std::thread::sleep(ALWAYS_LAG + Duration::from_millis(200));
+        assert_eq!(store.fsyncs(), 1, "and nothing more while nothing is written");
         store.close();
     }
 }
