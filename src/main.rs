@@ -1,7 +1,8 @@
 //! The `longlink` binary: parses the command line and hands over to the library.
 
 /// jemalloc rather than the system allocator: with 19,000 idle connections it holds the
-/// same heap in about 230 fewer bytes per connection (BENCHMARKS.md, "Allocator").
+/// same heap in about 230 fewer bytes per connection (BENCHMARKS.md, "Where an idle
+/// connection's memory goes, and the allocator"); `.cargo/config.toml` sets its caches.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -9,7 +10,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// default is 10 s). Every connection that parks frees its task and handshake state, so
 /// a ramp of new connections leaves megabytes freed at once; kept for 10 s, and purged
 /// only when something allocates, that showed as 130 to 600 bytes per idle connection
-/// of resident memory, varying from run to run (BENCHMARKS.md, "Allocator").
+/// of resident memory, varying from run to run (BENCHMARKS.md, "Idle memory").
 const DECAY_MS: isize = 1_000;
 
 fn main() -> std::process::ExitCode {

@@ -369,8 +369,7 @@ impl Writer {
             // what came after it, as a later barrier always did.
             self.durable.store(disk.taken, Ordering::SeqCst);
         }
-        // A barrier with nothing written since the last fsync is answered without one:
-        // pushes that keep nothing (TTL 0, all sent) cost no disk flush.
+        // A barrier with nothing written since the last fsync is answered without one.
         if result.is_ok() && self.fsync == Fsync::Always && !waiters.is_empty() && disk.behind {
             result = self.db.persist(PersistMode::SyncAll).map_err(|e| e.to_string());
             self.synced(disk, result.is_ok());
