@@ -136,6 +136,11 @@ impl Device {
         self.live.as_ref().map(|s| s.link.clone()).filter(|l| !l.is_closing())
     }
 
+    /// Whether [`Device::open_link`] would give a link, without taking a reference.
+    fn is_open(&self) -> bool {
+        self.live.as_ref().is_some_and(|s| !s.link.is_closing())
+    }
+
     /// The device's kept messages, if it ever had any.
     pub fn kept(&self) -> Option<&Mailbox> {
         self.mailbox.as_deref()

@@ -92,18 +92,54 @@ impl Hub {
             self.persist_broadcast(app, &entry);
         }
         let mut fanout = Fanout { seq: entry.seq, ..Fanout::default() };
-        // First the devices it is for, counting those offline; then the live ones are
-        // handed it by every core at once: handing it over may write to the socket (a
-        // parked connection's frame is written by whoever queues it).
+        // With one core, or too few devices for a helper to start, one pass is faster.
+        if fanout_helpers() == 0 || self.devices.len() < HELPER_DEVICES {
+            self.hand_in_one_pass(app, &entry, &mut fanout);
+        } else {
+            self.hand_on_every_core(app, &entry, &mut fanout);
+        }
+        if ephemeral {
+            self.broadcasts.remove(app, entry.seq);
+        }
+        metrics::histogram!("longlink_broadcast_fanout_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("longlink_broadcasts_total").increment(1);
+        fanout
+    }
+
+    /// Each live device is handed the broadcast as the walk finds it, under the lock the
+    /// walk holds anyway, rather than collected and looked up again.
+    fn hand_in_one_pass(&self, app: &Arc<str>, entry: &Entry, fanout: &mut Fanout) {
+        let ephemeral = entry.message.ephemeral;
+        for mut item in self.devices.iter_mut() {
+            let (key, device) = item.pair_mut();
+            if *key.app != **app || !entry.is_for(device.cursor.floor) {
+                continue;
+            }
+            let Some(link) = device.open_link() else {
+                fanout.count(false, ephemeral);
+                continue;
+            };
+            self.pump_broadcasts(key, device, &link, Occasion::Fanout(entry));
+            // Written, not scanned: see `hand_on_every_core`.
+            fanout.count(device.cursor.written >= entry.seq, ephemeral);
+        }
+    }
+
+    /// First the devices the broadcast is for, counting those offline; then the live ones
+    /// are handed it by every core at once: handing it over may write to the socket (a
+    /// parked connection's frame is written by whoever queues it).
+    fn hand_on_every_core(&self, app: &Arc<str>, entry: &Entry, fanout: &mut Fanout) {
+        let ephemeral = entry.message.ephemeral;
         let mut live = Vec::new();
         for item in self.devices.iter() {
             let (key, device) = item.pair();
             if *key.app != **app || !entry.is_for(device.cursor.floor) {
                 continue;
             }
-            match device.open_link() {
-                Some(_) => live.push(key.clone()),
-                None => fanout.count(false, ephemeral),
+            match device.is_open() {
+                true => live.push(key.clone()),
+                false => fanout.count(false, ephemeral),
             }
         }
         let next = AtomicUsize::new(0);
@@ -117,7 +153,7 @@ impl Hub {
                 for key in &live[from..(from + CHUNK).min(live.len())] {
                     let Some(mut device) = self.devices.get_mut(key) else { continue };
                     if let Some(link) = device.open_link() {
-                        self.pump_broadcasts(key, &mut device, &link, Occasion::Fanout(&entry));
+                        self.pump_broadcasts(key, &mut device, &link, Occasion::Fanout(entry));
                     }
                     // Written, not scanned: a device that connected during this walk
                     // skipped a TTL-0 broadcast in its catch-up and has scanned past it
@@ -138,13 +174,6 @@ impl Hub {
             fanout.stored += part.stored;
             fanout.not_delivered += part.not_delivered;
         }
-        if ephemeral {
-            self.broadcasts.remove(app, entry.seq);
-        }
-        metrics::histogram!("longlink_broadcast_fanout_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("longlink_broadcasts_total").increment(1);
-        fanout
     }
 
     /// The counts [`Hub::broadcast`] would answer now, changing nothing.
@@ -155,7 +184,7 @@ impl Hub {
             if *item.key().app != *app {
                 continue;
             }
-            fanout.count(item.open_link().is_some(), message.ephemeral);
+            fanout.count(item.is_open(), message.ephemeral);
         }
         fanout
     }

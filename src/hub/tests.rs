@@ -253,3 +253,36 @@ fn a_replay_with_nothing_in_flight_gets_a_frame_out_past_a_half_full_queue() {
     hub.connect(&key, Profile::default(), Session { link: link.clone(), ..session(3) });
     assert_eq!(link.queued().0, 5, "one broadcast past the half-full queue");
 }
+
+/// A broadcast reaches every live device of its app once and counts the offline ones as
+/// stored, whether the walk hands it over in one pass (a small registry) or collects
+/// the live devices and hands it over from every core (past `HELPER_DEVICES`).
+#[test]
+fn a_broadcast_reaches_every_live_device_once_in_either_walk() {
+    for (live, offline) in [(90, 10), (9_000, 1_000)] {
+        let hub = hub();
+        let mut links = Vec::new();
+        for i in 0..live + offline {
+            let key = DeviceKey::new("a", &format!("d{i}"));
+            hub.connect(&key, Profile::default(), session(i));
+            if i < live {
+                links.push(hub.link(&key).unwrap());
+            } else {
+                hub.disconnect(&key, i, 0);
+            }
+        }
+        // Another app's devices are not walked into.
+        let other = DeviceKey::new("b", "d0");
+        hub.connect(&other, Profile::default(), session(u64::MAX));
+        let fanout = hub.broadcast(&Arc::from("a"), message(1), false);
+        assert_eq!((fanout.sent, fanout.stored, fanout.not_delivered), (live, offline, 0));
+        for link in &links {
+            let mut frames = 0;
+            while let Ok(Some(_)) = link.next() {
+                frames += 1;
+            }
+            assert_eq!(frames, 1, "{live} live: one frame each");
+        }
+        assert!(matches!(hub.link(&other).unwrap().next(), Ok(None)), "app b got nothing");
+    }
+}
