@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use longlink::client::{Device, hello};
 use longlink::proto::device::{Push, server_frame};
-use longlink::proto::router::Result as Wire;
+use longlink::proto::router::{PushRequest, Result as Wire};
 use support::child::{Served, serve_in};
 use support::{broadcast, notification, within};
 
@@ -86,18 +86,16 @@ async fn titles(device: &mut Device) -> Vec<String> {
     got
 }
 
-/// Connects device `d` (known on disk from then on), keeps the store busy, runs `before`
-/// (which pushes and returns what `d` then had), kills the server with -9 as soon as it
-/// returns, and starts it again in `dir`.
-async fn killed_after<F, Fut>(dir: &std::path::Path, before: F) -> (Served, Push)
-where
-    F: FnOnce(Served, Device) -> Fut,
-    Fut: std::future::Future<Output = (Served, Push)>,
-{
-    let served = serve_in(dir, "", &ENV);
-    let device = connect(&served, "d", 0, 0).await;
+/// Connects device `d` (known on disk from then on), keeps the store busy, pushes `first`,
+/// kills the server with -9 as soon as `d` has it, and starts the server again in `dir`.
+/// Returns the restarted server and the push `d` had.
+async fn killed_after(dir: &std::path::Path, first: PushRequest) -> (Served, Push) {
+    let mut served = serve_in(dir, "", &ENV);
+    let mut device = connect(&served, "d", 0, 0).await;
     let (stop, pushers) = busy_store(&served).await;
-    let (mut served, had) = before(served, device).await;
+    let mut router = served.router().await;
+    tokio::spawn(async move { router.push(first).await });
+    let had = next_frame(&mut device).await;
     let _ = served.child.kill();
     let _ = served.child.wait();
     stop.store(true, Ordering::Relaxed);
@@ -111,13 +109,7 @@ where
 async fn a_message_stored_after_a_crash_is_delivered_to_a_device_that_acked_before_it() {
     for attempt in 0..ATTEMPTS {
         let dir = tempfile::tempdir().unwrap();
-        let (served, first) = killed_after(dir.path(), |served, mut device| async move {
-            let mut router = served.router().await;
-            tokio::spawn(async move { router.push(notification(&["d"], "first")).await });
-            let first = next_frame(&mut device).await;
-            (served, first)
-        })
-        .await;
+        let (served, first) = killed_after(dir.path(), notification(&["d"], "first")).await;
         let mut router = served.router().await;
         let answer = router.push(notification(&["d"], "second")).await.unwrap().into_inner();
         let second = &answer.results[0];
@@ -133,13 +125,7 @@ async fn a_message_stored_after_a_crash_is_delivered_to_a_device_that_acked_befo
 async fn a_broadcast_after_a_crash_reaches_a_device_that_had_the_one_before() {
     for attempt in 0..ATTEMPTS {
         let dir = tempfile::tempdir().unwrap();
-        let (served, first) = killed_after(dir.path(), |served, mut device| async move {
-            let mut router = served.router().await;
-            tokio::spawn(async move { router.push(broadcast("B1", false, None)).await });
-            let first = next_frame(&mut device).await;
-            (served, first)
-        })
-        .await;
+        let (served, first) = killed_after(dir.path(), broadcast("B1", false, None)).await;
         let mut router = served.router().await;
         let answer = router.push(broadcast("B2", false, None)).await.unwrap().into_inner();
         let seq = answer.broadcast.unwrap().broadcast_seq;
