@@ -137,6 +137,13 @@ async fn a_scrape_counts_connections_pushes_acks_refusals_kicks_and_kept_message
     assert_eq!(grew(&s, "longlink_pushes_total", &[("result", "stored")]), 1.0);
     assert_eq!(s.get("longlink_store_messages", &[]), 1.0, "only m2's message is kept");
     assert!(s.get("longlink_store_bytes", &[]) > 0.0);
+    // Every write committed: the queue the writer reports drains to nothing.
+    let store = server.node().hub.store();
+    assert!(store.enqueued() > 0, "the connects and the stored push were written");
+    scrape_until(&server, "the store's queue is empty", |s| {
+        s.get("longlink_store_queue", &[]) == 0.0
+    })
+    .await;
 
     assert_exposition_is_well_formed(&s.text);
     assert!(!s.text.contains("\"m1\"") && !s.text.contains("\"m2\""), "a device id in a label");

@@ -12,7 +12,7 @@ mod load;
 pub mod record;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -110,9 +110,6 @@ pub struct Store {
     db: Database,
     spaces: Spaces,
     tx: mpsc::Sender<Op>,
-    /// Writes enqueued and not yet committed (the queue itself is unbounded; the
-    /// per-connection frame budget bounds what each device can add to it).
-    queued: Arc<AtomicUsize>,
     /// Message records in the store: those read at load, plus puts, minus deletes. Exact
     /// because the hub writes each (device, seq) once and deletes it at most once.
     messages: AtomicI64,
@@ -121,8 +118,10 @@ pub struct Store {
     /// Writes enqueued since the store was opened, and how many of them (the first ones,
     /// in queue order) the writer has answered for: durable as the policy defines it, or
     /// failed with their waiters told. While the two are equal, a [`Store::sync`] has
-    /// nothing to wait for.
-    enqueued: AtomicU64,
+    /// nothing to wait for. Their difference, less what the writer has taken but not
+    /// answered for yet, is the queue (unbounded; the per-connection frame budget bounds
+    /// what each device can add to it).
+    enqueued: Arc<AtomicU64>,
     durable: Arc<AtomicU64>,
     /// Syncs that had to wait for the writer.
     waits: AtomicU64,
@@ -164,13 +163,13 @@ impl Store {
                 .keyspace("meta", || KeyspaceCreateOptions::default().max_memtable_size(1 << 20))?,
         };
         let (tx, rx) = mpsc::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let enqueued = Arc::new(AtomicU64::new(0));
         let fsyncs = Arc::new(AtomicU64::new(0));
         let durable = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             spaces: spaces.clone(),
-            queued: queued.clone(),
+            enqueued: enqueued.clone(),
             fsyncs: fsyncs.clone(),
             durable: durable.clone(),
             fsync,
@@ -181,9 +180,8 @@ impl Store {
             .spawn(move || writer.run())
             .map_err(fjall::Error::from)?;
         let messages = AtomicI64::new(0);
-        let enqueued = AtomicU64::new(0);
         let waits = AtomicU64::new(0);
-        Ok(Store { db, spaces, tx, queued, messages, fsyncs, enqueued, durable, waits, writer })
+        Ok(Store { db, spaces, tx, messages, fsyncs, enqueued, durable, waits, writer })
     }
 
     pub fn put(&self, space: Space, key: Vec<u8>, value: Vec<u8>) {
@@ -207,7 +205,6 @@ impl Store {
 
     /// Counts a write, then queues it: a write is counted before it can be committed.
     fn enqueue(&self, op: Op) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
         self.enqueued.fetch_add(1, Ordering::SeqCst);
         let _ = self.tx.send(op);
     }
@@ -278,7 +275,7 @@ impl Store {
 struct Writer {
     db: Database,
     spaces: Spaces,
-    queued: Arc<AtomicUsize>,
+    enqueued: Arc<AtomicU64>,
     fsyncs: Arc<AtomicU64>,
     durable: Arc<AtomicU64>,
     fsync: Fsync,
@@ -357,12 +354,12 @@ impl Writer {
                 Op::Barrier(done) => waiters.push(done),
             }
         }
-        let left = self.queued.fetch_sub(writes, Ordering::Relaxed).saturating_sub(writes);
+        disk.taken += writes as u64;
+        let left = self.enqueued.load(Ordering::Relaxed).saturating_sub(disk.taken);
         metrics::gauge!("longlink_store_queue").set(left as f64);
         let mut result =
             if writes > 0 { batch.commit().map_err(|e| e.to_string()) } else { Ok(()) };
         disk.behind |= writes > 0;
-        disk.taken += writes as u64;
         if self.fsync != Fsync::Always {
             // Durable as this policy defines it once committed. A failed commit's writes
             // are counted too: its waiters got the error, and a later sync answers for
