@@ -329,11 +329,12 @@ impl Hub {
         }
         changed |= self.rebind(key, &mut device, profile.user.map(Arc::from));
         if profile.acked_seq > 0 || device.mailbox.is_some() {
-            let released = device.mailbox(self.seq_base()).resume_after(profile.acked_seq);
+            let mailbox = device.mailbox(self.seq_base());
+            let released = mailbox.resume_after(profile.acked_seq);
             self.release(key, &released, Event::Acked, "");
             // TTL-0 messages the old link did not get acked are lost with it. A link that
             // closed by itself already gave them up (`abandon`): this one is being replaced.
-            let lost = device.mailbox(self.seq_base()).rewind();
+            let lost = mailbox.rewind();
             self.release(key, &lost, Event::Dropped, "replaced");
             count_dropped("replaced", lost.len());
         }
@@ -390,16 +391,17 @@ impl Hub {
         let mailbox = device.mailbox(self.seq_base());
         let backlog = mailbox.has_unsent();
         let added = mailbox.add(message.clone(), self.limits.pending_max);
+        let reserved = added.seq > mailbox.floor();
+        if reserved {
+            mailbox.reserve(added.seq + SEQ_BLOCK);
+        }
         self.release(key, &added.dropped, Event::Dropped, "pending_cap");
         self.release(key, &added.collapsed, Event::Dropped, "collapsed");
         count_dropped("pending_cap", added.dropped.len());
         count_dropped("collapsed", added.collapsed.len());
         // The record holds the seq floor and the missed count: a restart must neither
         // reuse a seq nor forget to tell the device what it missed.
-        if added.seq > device.mailbox(self.seq_base()).floor() {
-            device.mailbox(self.seq_base()).reserve(added.seq + SEQ_BLOCK);
-            self.persist_device(key, &device);
-        } else if !added.dropped.is_empty() {
+        if reserved || !added.dropped.is_empty() {
             self.persist_device(key, &device);
         }
         if !message.ephemeral {
@@ -633,7 +635,7 @@ impl Hub {
                     continue;
                 }
                 Sent::Queued => continue,
-                Sent::Full => device.mailbox(self.seq_base()).unsend(&out),
+                Sent::Full => device.mailbox(base).unsend(&out),
                 Sent::Overflow | Sent::Closing => {}
             }
             break;

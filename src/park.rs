@@ -242,11 +242,14 @@ impl Park {
         let mut parked = {
             let mut slots = self.shards[place.shard].lock();
             let Some(slot) = slots.entries.get_mut(place.slot) else { return };
-            if !matches!(slot, Slot::Parked(p) if p.generation == generation) {
-                return;
+            match std::mem::replace(slot, Slot::Reading) {
+                Slot::Parked(p) if p.generation == generation => p,
+                // Being read, or another connection's now: left as it was.
+                other => {
+                    *slot = other;
+                    return;
+                }
             }
-            let Slot::Parked(parked) = std::mem::replace(slot, Slot::Reading) else { return };
-            parked
         };
         let node = parked.guard.node().clone();
         let mut decoder = Decoder::new(node.settings.max_frame_bytes);

@@ -40,6 +40,11 @@ fn fanout_helpers() -> usize {
         .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) - 1)
 }
 
+/// Whether `app`'s broadcast `entry` is for the device under `key`.
+fn reaches(entry: &Entry, app: &str, key: &DeviceKey, device: &Device) -> bool {
+    *key.app == *app && entry.is_for(device.cursor.floor)
+}
+
 /// Why a device's broadcasts are being handed out.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Occasion<'a> {
@@ -113,7 +118,7 @@ impl Hub {
         let ephemeral = entry.message.ephemeral;
         for mut item in self.devices.iter_mut() {
             let (key, device) = item.pair_mut();
-            if *key.app != **app || !entry.is_for(device.cursor.floor) {
+            if !reaches(entry, app, key, device) {
                 continue;
             }
             let Some(link) = device.open_link() else {
@@ -134,7 +139,7 @@ impl Hub {
         let mut live = Vec::new();
         for item in self.devices.iter() {
             let (key, device) = item.pair();
-            if *key.app != **app || !entry.is_for(device.cursor.floor) {
+            if !reaches(entry, app, key, device) {
                 continue;
             }
             match device.is_open() {
